@@ -1,0 +1,55 @@
+"""sensormeter: report each organization's active-sensor count to a Stripe Billing Meter.
+
+The public API: queue a report when sensors change, the RQ job functions, the hourly
+schedule, and the settings object everything is configured through.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ConfigurationError,
+    InvalidOrganizationId,
+    ReportsFailed,
+    RetryableReportError,
+    SensormeterError,
+    ServiceUnavailable,
+)
+from .jobs import (
+    enqueue_fanout,
+    enqueue_sensor_report,
+    make_queue,
+    process_meter_report,
+    report_all_sensor_counts,
+)
+from .meter import InMemoryMeterClient, MeterClient, MeterEvent, StripeMeterClient
+from .runtime import Runtime, get_runtime, set_runtime
+from .schedule import register_hourly_job
+from .settings import Settings
+from .usage import DatabaseUsageSource, InMemoryUsageSource, UsageSource
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUsageSource",
+    "InMemoryMeterClient",
+    "InMemoryUsageSource",
+    "InvalidOrganizationId",
+    "MeterClient",
+    "MeterEvent",
+    "ReportsFailed",
+    "RetryableReportError",
+    "Runtime",
+    "SensormeterError",
+    "ServiceUnavailable",
+    "Settings",
+    "StripeMeterClient",
+    "UsageSource",
+    "enqueue_fanout",
+    "enqueue_sensor_report",
+    "get_runtime",
+    "make_queue",
+    "process_meter_report",
+    "register_hourly_job",
+    "report_all_sensor_counts",
+    "set_runtime",
+]
+__version__ = "0.1.0"

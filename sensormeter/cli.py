@@ -1,0 +1,233 @@
+"""The ``sensormeter`` command: the process edge where settings are read and logging is set up."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import peewee
+import redis
+
+from .errors import ConfigurationError, SensormeterError
+from .logs import configure_logging
+from .settings import Settings, redact_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1 if not message.startswith("cannot reach") else 2)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn sensormeter, Redis and database errors into one clear line and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigurationError as exc:
+            _fail(f"{exc} (fix the environment variable and run again)")
+        except SensormeterError as exc:
+            _fail(str(exc))
+        except redis.RedisError as exc:
+            _fail(f"cannot reach Redis: {exc}")
+        except peewee.DatabaseError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _fail(f"database error: {first} (did you run 'sensormeter init-db'?)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings() -> Settings:
+    """Read and validate the environment; configure structlog for this process."""
+    settings = Settings.from_env()
+    configure_logging()
+    return settings
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    """A checked Redis connection (one clear error when Redis does not answer)."""
+    from .runtime import check_redis, make_redis
+
+    connection = make_redis(settings.redis_url)
+    check_redis(connection, settings.redis_url)
+    return connection
+
+
+@click.group()
+@click.version_option(package_name="sensormeter")
+def main() -> None:
+    """Report active-sensor counts to a Stripe Billing Meter through RQ.
+
+    Configuration comes from the environment: REDIS_URL, DATABASE_URL, STRIPE_API_KEY,
+    STRIPE_API_BASE, SENSORMETER_* (see docs/configuration.md).
+    """
+
+
+@main.command("init-db")
+@friendly_errors
+def init_db() -> None:
+    """Create the missing tables (safe to run again)."""
+    from .models import create_tables, open_database
+
+    settings = load_settings()
+    database = open_database(settings.database_url)
+    created = create_tables(database)
+    where = redact_url(settings.database_url)
+    click.echo(
+        f"created tables {', '.join(created)} in {where}" if created else f"tables exist in {where}"
+    )
+
+
+@main.command("report")
+@click.argument("organization_id")
+@friendly_errors
+def report(organization_id: str) -> None:
+    """Queue a report of ORGANIZATION_ID's count now (coalesced with one already waiting)."""
+    from .jobs import enqueue_sensor_report
+    from .ledger import validate_organization_id
+
+    validate_organization_id(organization_id)
+    settings = load_settings()
+    job_id = enqueue_sensor_report(
+        organization_id, settings=settings, connection=connect_redis(settings)
+    )
+    click.echo(f"queued {job_id} on {settings.queue_name}")
+
+
+@main.command("report-all")
+@click.option("--hour", default=None, help="UTC hour to report, YYYY-MM-DDTHH (default: now).")
+@friendly_errors
+def report_all(hour: str | None) -> None:
+    """Queue the fan-out that reports every billable organization now."""
+    from .jobs import enqueue_fanout
+    from .ledger import parse_hour
+
+    if hour is not None:
+        try:
+            parse_hour(hour)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--hour") from None
+    settings = load_settings()
+    job_id = enqueue_fanout(settings, connect_redis(settings), hour)
+    click.echo(f"queued {job_id} on {settings.queue_name}")
+
+
+@main.command("worker")
+@click.option(
+    "-n",
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Number of RQ workers in the pool.",
+)
+@click.option("--burst", is_flag=True, help="Return once nothing is queued or waiting for a retry.")
+@friendly_errors
+def worker(workers: int, burst: bool) -> None:
+    """Run RQ workers (HerokuWorker) on the reporting queue."""
+    from .runtime import Runtime
+    from .worker import run_workers
+
+    settings = load_settings()
+    settings.require_stripe_key()
+    connection = connect_redis(settings)
+    # Fail at start, not in the first job: check the database and the Stripe settings now.
+    Runtime.build(settings).close()
+    run_workers(settings, connection, workers, burst)
+
+
+@main.command("scheduler")
+@click.option("--burst", is_flag=True, help="Move due jobs once, then exit.")
+@click.option(
+    "--interval",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Seconds between checks for due jobs.",
+)
+@friendly_errors
+def scheduler(burst: bool, interval: int) -> None:
+    """Register the hourly job (minute 0 UTC), then run rq-scheduler."""
+    from .schedule import make_scheduler, register_hourly_job, scheduled_run_time, use_utc_clock
+
+    use_utc_clock()
+    settings = load_settings()
+    connection = connect_redis(settings)
+    sched = make_scheduler(settings.queue_name, connection, interval=interval)
+    register_hourly_job(sched, settings.queue_name)
+    next_run = scheduled_run_time(sched, settings.queue_name)
+    click.echo(
+        f"hourly report registered on {settings.queue_name}; next run {next_run} UTC", err=True
+    )
+    sched.run(burst=burst)
+
+
+@main.command("status")
+@friendly_errors
+def status() -> None:
+    """Summarize the ledger, the queue and the schedule."""
+    from . import ledger
+    from .jobs import make_queue
+    from .models import MeterReport, open_database
+    from .schedule import make_scheduler, scheduled_run_time
+    from .worker import pending_work
+
+    settings = load_settings()
+    open_database(settings.database_url)
+    counts = ledger.summary()
+    click.echo("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    last = (
+        MeterReport.select()
+        .where(MeterReport.status == MeterReport.SENT)
+        .order_by(MeterReport.sent_at.desc())
+        .first()
+    )
+    if last is not None:
+        click.echo(f"last sent: {last.organization_id} value {last.value} at {last.sent_at} UTC")
+    connection = connect_redis(settings)
+    queued, scheduled = pending_work(make_queue(settings, connection))
+    click.echo(f"queue {settings.queue_name}: {queued} queued, {scheduled} waiting for retry")
+    next_run = scheduled_run_time(
+        make_scheduler(settings.queue_name, connection), settings.queue_name
+    )
+    click.echo(f"next hourly run: {next_run or 'not scheduled (is the scheduler running?)'}")
+    problems = (
+        MeterReport.select()
+        .where(MeterReport.status.in_([MeterReport.FAILED, MeterReport.REJECTED]))
+        .order_by(MeterReport.updated_at.desc())
+        .limit(10)
+    )
+    for row in problems:
+        click.echo(f"  {row.status}: {row.organization_id} {row.identifier}: {row.last_error}")
+
+
+@main.command("stripe-emulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=12111, show_default=True, type=click.IntRange(0, 65535))
+def stripe_emulator(host: str, port: int) -> None:
+    """Run the bundled Stripe meter emulator (for development and tests only)."""
+    from .emulator import serve
+
+    serve(host, port)
+
+
+@main.command("demo")
+@click.option("-n", "--workers", default=5, show_default=True, type=click.IntRange(1, 16))
+@friendly_errors
+def demo(workers: int) -> None:
+    """Seed demo data, run the Procfile's workers and scheduler once, show what was reported."""
+    from .demo import run_demo
+
+    settings = Settings.from_env()
+    configure_logging(level="WARNING")
+    sys.exit(run_demo(settings, click.echo, workers=workers))
+
+
+if __name__ == "__main__":
+    main()

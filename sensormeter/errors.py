@@ -1,0 +1,58 @@
+"""The exceptions sensormeter raises: one base class, one subclass per failure."""
+
+from __future__ import annotations
+
+
+class SensormeterError(Exception):
+    """Base class of every error sensormeter raises on purpose."""
+
+
+class ConfigurationError(SensormeterError):
+    """Raised when a setting is missing or malformed; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class InvalidOrganizationId(SensormeterError, ValueError):
+    """Raised when an organization id is empty or not of the accepted form."""
+
+    def __init__(self, organization_id: object, problem: str) -> None:
+        super().__init__(f"invalid organization id {organization_id!r}: {problem}")
+        self.organization_id = organization_id
+
+
+class ServiceUnavailable(SensormeterError):
+    """Raised when Redis or the database cannot be reached; the message carries a safe URL."""
+
+    def __init__(self, service: str, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach {service} at {url}: {reason}")
+        self.service = service
+        self.url = url
+        self.reason = reason
+
+
+class RetryableReportError(SensormeterError):
+    """Raised by a report job so RQ retries it: some events met a transient Stripe failure."""
+
+    def __init__(self, organization_ids: list[str], reason: str) -> None:
+        super().__init__(
+            f"{len(organization_ids)} report(s) will be retried ({reason}): "
+            + ", ".join(organization_ids[:10])
+        )
+        self.organization_ids = organization_ids
+        self.reason = reason
+
+
+class ReportsFailed(SensormeterError):
+    """Raised by a report job whose retries ran out; its ledger rows are marked failed."""
+
+    def __init__(self, organization_ids: list[str], reason: str) -> None:
+        super().__init__(
+            f"{len(organization_ids)} report(s) failed after all retries ({reason}): "
+            + ", ".join(organization_ids[:10])
+        )
+        self.organization_ids = organization_ids
+        self.reason = reason

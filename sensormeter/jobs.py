@@ -1,0 +1,235 @@
+"""The RQ side: JSON jobs, the queue, the report job, the hourly fan-out and enqueueing."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import redis
+import structlog
+from rq import Queue, Retry, get_current_job
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from . import ledger
+from .errors import SensormeterError
+from .models import utcnow
+from .reporter import Reporter
+from .runtime import get_runtime, make_redis
+from .settings import Settings
+from .usage import iter_billable_chunks
+
+log = structlog.get_logger("sensormeter.jobs")
+
+# How long a queued on-demand report absorbs further calls for the same organization.
+COALESCE_SECONDS = 3600
+RESULT_TTL_SECONDS = 3600
+ENQUEUE_BATCH = 100  # chunk jobs per Redis pipeline in the fan-out
+
+# Delete the coalescing key only if it still names this job: a newer waiting job keeps its own.
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+class JSONJob(Job):
+    """An RQ job stored as JSON, never pickle; rq-scheduler creates its jobs through this class."""
+
+    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None):
+        super().__init__(id=id, connection=connection, serializer=serializer or JSONSerializer)
+
+
+def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
+    """The reporting queue, with JSON serialization."""
+    return Queue(
+        settings.queue_name, connection=connection, serializer=JSONSerializer, job_class=JSONJob
+    )
+
+
+def make_retry(settings: Settings) -> Retry | None:
+    """RQ retry policy: ``max_retries`` attempts more, with exponential backoff."""
+    if settings.max_retries == 0:
+        return None
+    return Retry(
+        max=settings.max_retries,
+        interval=[math.ceil(s) for s in settings.retry_intervals()],
+    )
+
+
+def waiting_key(settings: Settings, organization_id: str) -> str:
+    """Redis key that marks an on-demand report as queued and not yet started."""
+    return f"sensormeter:{settings.queue_name}:waiting:{organization_id}"
+
+
+def _job_options(settings: Settings, timeout_key: str = "job_timeout") -> dict[str, Any]:
+    # Queue.enqueue calls the timeout ``job_timeout``; Queue.prepare_data calls it ``timeout``.
+    return {
+        "retry": make_retry(settings),
+        timeout_key: settings.job_timeout_seconds,
+        "result_ttl": RESULT_TTL_SECONDS,
+    }
+
+
+def enqueue_sensor_report(
+    organization_id: str,
+    *,
+    settings: Settings | None = None,
+    connection: redis.Redis | None = None,
+) -> str:
+    """Queue a report of one organization's count now; returns the job id.
+
+    A burst of calls while a report for the organization is still waiting returns that
+    waiting report's job id instead of queueing another. The count is read when the job runs.
+
+    Raises:
+        InvalidOrganizationId: the id is empty or malformed (nothing is queued).
+        ConfigurationError: a setting in the environment is invalid (when ``settings`` is None).
+    """
+    org = ledger.validate_organization_id(organization_id)
+    settings = settings if settings is not None else Settings.from_env()
+    connection = connection if connection is not None else make_redis(settings.redis_url)
+    request_id = uuid.uuid4().hex
+    job_id = f"report-{request_id}"
+    key = waiting_key(settings, org)
+    if not connection.set(key, job_id, nx=True, ex=COALESCE_SECONDS):
+        existing = connection.get(key)
+        if existing is not None:
+            return existing.decode() if isinstance(existing, bytes) else str(existing)
+        # The waiting job started between SET and GET: fall through and queue a new one.
+        connection.set(key, job_id, ex=COALESCE_SECONDS)
+    try:
+        make_queue(settings, connection).enqueue(
+            process_meter_report,
+            [org],
+            request_id=request_id,
+            job_id=job_id,
+            description=f"sensor report for {org}",
+            **_job_options(settings),
+        )
+    except Exception:
+        connection.eval(_RELEASE, 1, key, job_id)
+        raise
+    return job_id
+
+
+def process_meter_report(
+    organization_ids: list[str], hour: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """RQ job: count, record and send the reports of some organizations (safe to run twice).
+
+    Args:
+        organization_ids: the organizations of one chunk (or the one of an on-demand report).
+        hour: ``YYYY-MM-DDTHH`` for the hourly report of that UTC hour.
+        request_id: for an on-demand report, the id fixed when it was queued.
+    """
+    runtime = get_runtime()
+    settings = runtime.settings
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    orgs = [ledger.validate_organization_id(o) for o in organization_ids]
+    if request_id is not None and job_id is not None:
+        for org in orgs:
+            runtime.redis.eval(_RELEASE, 1, waiting_key(settings, org), job_id)
+    # Retries are spent when RQ has none left (or the job runs outside RQ).
+    final_attempt = job is None or not job.retries_left
+    reporter = Reporter(runtime.source, runtime.meter, settings.meter_event_name)
+    try:
+        with runtime.database.connection_context():
+            result = reporter.run(
+                runtime.database,
+                orgs,
+                hour=hour,
+                request_id=request_id,
+                job_id=job_id,
+                final_attempt=final_attempt,
+            )
+    except Exception as exc:
+        log.error(
+            "job.failed",
+            job_id=job_id,
+            organizations=orgs,
+            hour=hour,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            will_retry=not final_attempt,
+        )
+        raise
+    outcome = "retrying" if result.retryable else "failed" if result.failed else "completed"
+    log_method = log.info if outcome == "completed" else log.warning
+    log_method(
+        f"job.{outcome}",
+        job_id=job_id,
+        organizations=orgs,
+        hour=hour,
+        values=result.values,
+        outcomes=result.as_dict()["counts"],
+        skipped=result.skipped,
+    )
+    result.raise_for_retry()
+    return result.as_dict()
+
+
+def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
+    """RQ job (the hourly fan-out): queue one report job per chunk of billable organizations."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    label = hour if hour is not None else ledger.format_hour(ledger.hour_start(utcnow()))
+    ledger.parse_hour(label)  # Reject a malformed hour before queueing anything.
+    queue = make_queue(settings, runtime.redis)
+    organizations = chunks = 0
+    stamp = label.replace(":", "")
+    batch: list[Any] = []
+
+    def flush() -> None:
+        # One pipeline round trip for many chunk jobs (Queue.enqueue_many).
+        with runtime.redis.pipeline() as pipe:
+            queue.enqueue_many(batch, pipeline=pipe)
+            pipe.execute()
+        batch.clear()
+
+    with runtime.database.connection_context():
+        for chunk in iter_billable_chunks(runtime.source, settings.chunk_size):
+            batch.append(
+                Queue.prepare_data(
+                    process_meter_report,
+                    args=(chunk,),
+                    kwargs={"hour": label},
+                    job_id=f"hourly-{stamp}-{chunks}-{uuid.uuid4().hex[:8]}",
+                    description=f"hourly report {label}, {len(chunk)} organizations",
+                    **_job_options(settings, "timeout"),
+                )
+            )
+            organizations += len(chunk)
+            chunks += 1
+            if len(batch) >= ENQUEUE_BATCH:
+                flush()
+    if batch:
+        flush()
+    log.info("fanout.completed", hour=label, organizations=organizations, chunks=chunks)
+    return {"hour": label, "organizations": organizations, "chunks": chunks}
+
+
+def enqueue_fanout(settings: Settings, connection: redis.Redis, hour: str | None = None) -> str:
+    """Queue the hourly fan-out now (what ``sensormeter report-all`` does); returns the job id."""
+    if hour is not None:
+        ledger.parse_hour(hour)
+    job = make_queue(settings, connection).enqueue(
+        report_all_sensor_counts,
+        hour=hour,
+        job_id=f"fanout-{uuid.uuid4().hex}",
+        description="report all sensor counts",
+        **_job_options(settings),
+    )
+    return str(job.id)
+
+
+__all__ = [
+    "JSONJob",
+    "SensormeterError",
+    "enqueue_fanout",
+    "enqueue_sensor_report",
+    "make_queue",
+    "process_meter_report",
+    "report_all_sensor_counts",
+]

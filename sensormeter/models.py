@@ -1,0 +1,164 @@
+"""The default data model (peewee) and opening a database from a URL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+
+from .errors import ConfigurationError, ServiceUnavailable
+from .settings import redact_url
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime, the form every column stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class BaseModel(peewee.Model):
+    """Models are unbound: :func:`open_database` binds them to one database per process."""
+
+
+class Organization(BaseModel):
+    """A customer organization of the host application."""
+
+    id = peewee.TextField(primary_key=True)
+    name = peewee.TextField(default="")
+
+    class Meta:
+        table_name = "organizations"
+
+
+class Subscription(BaseModel):
+    """An organization's Stripe subscription, as the host application mirrors it."""
+
+    id = peewee.AutoField()
+    organization = peewee.ForeignKeyField(
+        Organization, column_name="organization_id", backref="subscriptions", on_delete="CASCADE"
+    )
+    stripe_customer_id = peewee.TextField(null=True)
+    stripe_subscription_id = peewee.TextField(null=True)
+    status = peewee.TextField(default="incomplete")
+    current_period_start = peewee.DateTimeField(null=True)
+    current_period_end = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "subscriptions"
+        indexes = ((("status", "organization"), False),)
+
+
+class Sensor(BaseModel):
+    """One sensor; it is active while ``is_active`` is true and ``deleted_at`` is null."""
+
+    id = peewee.AutoField()
+    organization = peewee.ForeignKeyField(
+        Organization, column_name="organization_id", backref="sensors", on_delete="CASCADE"
+    )
+    is_active = peewee.BooleanField(default=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    deleted_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "sensors"
+
+
+class MeterReport(BaseModel):
+    """The ledger: one row per report sent (or to be sent) to Stripe, the billing audit trail."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    STATUSES = (PENDING, SENT, FAILED, REJECTED)
+
+    id = peewee.AutoField()
+    HOURLY = "hourly"
+    ON_DEMAND = "on_demand"
+
+    # Plain text, not a foreign key: hosts with their own schema may have no organizations table.
+    organization_id = peewee.TextField(index=True)
+    event_name = peewee.TextField()
+    value = peewee.BigIntegerField()
+    identifier = peewee.TextField(unique=True)
+    kind = peewee.TextField(default=HOURLY)
+    period_hour = peewee.DateTimeField(null=True)
+    stripe_customer_id = peewee.TextField()
+    measured_at = peewee.DateTimeField()
+    status = peewee.TextField(default=PENDING, index=True)
+    attempts = peewee.IntegerField(default=0)
+    last_error = peewee.TextField(null=True)
+    stripe_request_id = peewee.TextField(null=True)
+    job_id = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+    sent_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "meter_reports"
+
+
+def tuples(query: Any) -> list[tuple[Any, ...]]:
+    """Run a select and return its rows as plain tuples (typed loosely: peewee's stubs can't)."""
+    return [tuple(row) for row in query.tuples()]
+
+
+MODELS: list[type[BaseModel]] = [Organization, Subscription, Sensor, MeterReport]
+
+
+def make_database(url: str) -> peewee.Database:
+    """Build (without connecting) a peewee database for ``sqlite:///...`` or ``postgresql://...``."""
+    parts = urlsplit(url)
+    options: dict[str, Any] = dict(parse_qsl(parts.query))
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
+        if parts.netloc:
+            # sqlite://relative.db is a common slip for sqlite:///relative.db.
+            path = parts.netloc + parts.path
+        if not path:
+            raise ConfigurationError("DATABASE_URL", "sqlite URL needs a path: sqlite:///file.db")
+        # WAL plus a busy timeout lets five worker processes write one SQLite file safely.
+        return peewee.SqliteDatabase(
+            path,
+            pragmas={"journal_mode": "wal", "busy_timeout": 30_000, "foreign_keys": 1},
+            timeout=30,
+        )
+    if parts.scheme in ("postgres", "postgresql"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "DATABASE_URL",
+                "PostgreSQL needs a driver: pip install 'sensormeter[postgres]'",
+            ) from None
+        return peewee.PostgresqlDatabase(
+            unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname,
+            port=parts.port,
+            autorollback=True,
+            **options,
+        )
+    raise ConfigurationError("DATABASE_URL", f"unsupported scheme in {redact_url(url)!r}")
+
+
+def open_database(url: str) -> peewee.Database:
+    """Build the database, bind the models to it and check that it answers."""
+    database = make_database(url)
+    database.bind(MODELS)
+    try:
+        database.connect(reuse_if_open=True)
+    except peewee.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnavailable("the database", redact_url(url), reason) from None
+    return database
+
+
+def create_tables(database: peewee.Database) -> list[str]:
+    """Create the missing tables (idempotent) and return the names of those created."""
+    existing = set(database.get_tables())
+    with database.atomic():
+        database.create_tables(MODELS, safe=True)
+    return [m._meta.table_name for m in MODELS if m._meta.table_name not in existing]

@@ -1,0 +1,166 @@
+"""The processor: count a chunk of organizations, record the reports, send them to Stripe."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from . import ledger
+from .errors import ReportsFailed, RetryableReportError
+from .ledger import NewReport
+from .meter import MeterClient
+from .models import MeterReport, utcnow
+from .usage import UsageSource
+
+log = structlog.get_logger("sensormeter.reporter")
+
+# Rows in these states are (re)sent when their job runs; sent and rejected rows never are.
+_SENDABLE = (MeterReport.PENDING, MeterReport.FAILED)
+
+
+@dataclass
+class ChunkResult:
+    """What one run of the processor did, per organization."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def retryable(self) -> list[str]:
+        """Organizations whose report met a transient failure and is still pending."""
+        return sorted(o for o, s in self.outcomes.items() if s == MeterReport.PENDING)
+
+    @property
+    def failed(self) -> list[str]:
+        """Organizations whose report failed in this run after its last retry."""
+        return sorted(
+            o for o, s in self.outcomes.items() if s == MeterReport.FAILED and o in self.errors
+        )
+
+    def raise_for_retry(self) -> None:
+        """Raise so RQ retries the job (transient failures) or records it failed (retries spent)."""
+        if self.retryable:
+            raise RetryableReportError(self.retryable, self.errors[self.retryable[0]])
+        if self.failed:
+            raise ReportsFailed(self.failed, self.errors[self.failed[0]])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (the RQ job's result)."""
+        return {
+            "values": self.values,
+            "outcomes": self.outcomes,
+            "skipped": self.skipped,
+            "counts": dict(Counter(self.outcomes.values())),
+        }
+
+
+class Reporter:
+    """Counts, records and sends the reports of one chunk; idempotent by identifier."""
+
+    def __init__(self, source: UsageSource, meter: MeterClient, event_name: str) -> None:
+        self.source = source
+        self.meter = meter
+        self.event_name = event_name
+
+    def identifiers(
+        self, organization_ids: Sequence[str], hour: str | None, request_id: str | None
+    ) -> dict[str, str]:
+        """Each organization's identifier for this report (fixed before any attempt)."""
+        if hour is not None:
+            period = ledger.parse_hour(hour)
+            return {
+                o: ledger.hourly_identifier(o, self.event_name, period) for o in organization_ids
+            }
+        if request_id is None:
+            raise ValueError("a report needs an hour (hourly) or a request id (on demand)")
+        return {
+            o: ledger.on_demand_identifier(o, self.event_name, request_id) for o in organization_ids
+        }
+
+    def prepare(
+        self,
+        database: Any,
+        organization_ids: Sequence[str],
+        hour: str | None,
+        request_id: str | None,
+        job_id: str | None,
+    ) -> tuple[dict[str, MeterReport], ChunkResult]:
+        """Create pending rows for organizations not yet in the ledger; return all their rows."""
+        result = ChunkResult()
+        identifiers = self.identifiers(organization_ids, hour, request_id)
+        rows = ledger.find(list(identifiers.values()))
+        missing = [o for o in organization_ids if identifiers[o] not in rows]
+        if missing:
+            customers = self.source.billable_customers(missing)
+            for org in missing:
+                if org not in customers:
+                    result.skipped[org] = self.source.explain_not_billable(org)
+            billable = [o for o in missing if o in customers]
+            # The count is read now, when the job runs, not when it was queued.
+            counts = self.source.count_active_sensors(billable)
+            measured_at = utcnow().replace(microsecond=0)
+            period = ledger.parse_hour(hour) if hour is not None else None
+            ledger.create_pending(
+                database,
+                (
+                    NewReport(
+                        organization_id=o,
+                        identifier=identifiers[o],
+                        customer=customers[o],
+                        value=counts.get(o, 0),
+                        measured_at=measured_at,
+                        kind=MeterReport.HOURLY if hour is not None else MeterReport.ON_DEMAND,
+                        period_hour=period,
+                    )
+                    for o in billable
+                ),
+                self.event_name,
+                job_id,
+            )
+            rows.update(ledger.find([identifiers[o] for o in billable]))
+        by_org = {row.organization_id: row for row in rows.values()}
+        return by_org, result
+
+    def run(
+        self,
+        database: Any,
+        organization_ids: Sequence[str],
+        *,
+        hour: str | None = None,
+        request_id: str | None = None,
+        job_id: str | None = None,
+        final_attempt: bool = True,
+    ) -> ChunkResult:
+        """Report every organization of the chunk once; the result says what is left to retry."""
+        rows, result = self.prepare(database, organization_ids, hour, request_id, job_id)
+        for org, reason in result.skipped.items():
+            log.info("report.skipped", organization_id=org, reason=reason, job_id=job_id)
+        for org, row in rows.items():
+            result.values[org] = int(row.value)
+            if row.status not in _SENDABLE:
+                result.outcomes[org] = str(row.status)  # Done by an earlier run: nothing to send.
+                continue
+            attempt = self.meter.send(ledger.event_for(row))
+            status = ledger.record_attempt(row, attempt, final_attempt=final_attempt)
+            result.outcomes[org] = status
+            if attempt.error and not attempt.outcome.delivered:
+                result.errors[org] = attempt.error
+            log.info(
+                "report",
+                organization_id=org,
+                value=int(row.value),
+                identifier=row.identifier,
+                outcome=attempt.outcome.value,
+                status=status,
+                attempts=int(row.attempts),
+                stripe_request_id=attempt.request_id,
+                error=attempt.error if not attempt.outcome.delivered else None,
+                job_id=job_id,
+            )
+        return result

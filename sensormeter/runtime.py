@@ -1,0 +1,86 @@
+"""The live connections of one process, built from Settings on first use.
+
+RQ calls job functions with their arguments only, so a job reaches its database, Redis and
+Stripe client through :func:`get_runtime`. Like dramatiq's ``get_broker``, this is a plain module
+variable behind a getter/setter pair: nothing connects at import, tests swap it with
+:func:`set_runtime`, and a forked process builds its own instead of sharing sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import peewee
+import redis
+
+from .errors import ServiceUnavailable
+from .meter import MeterClient, StripeMeterClient
+from .models import open_database
+from .settings import Settings, redact_url
+from .usage import UsageSource, load_usage_source
+
+
+def make_redis(url: str) -> redis.Redis:
+    """A Redis client for ``url`` (no connection yet); accepts Heroku's self-signed rediss://."""
+    if urlsplit(url).scheme == "rediss" and "ssl_cert_reqs" not in url:
+        return redis.Redis.from_url(url, ssl_cert_reqs=None)
+    return redis.Redis.from_url(url)
+
+
+def check_redis(connection: redis.Redis, url: str) -> None:
+    """Ping Redis; raise ServiceUnavailable with a password-free URL when it does not answer."""
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable("Redis", redact_url(url), str(exc) or type(exc).__name__) from None
+
+
+@dataclass
+class Runtime:
+    """Settings plus the connections built from them, for one process."""
+
+    settings: Settings
+    database: peewee.Database
+    redis: redis.Redis
+    source: UsageSource
+    meter: MeterClient
+    pid: int = field(default_factory=os.getpid)
+
+    @classmethod
+    def build(cls, settings: Settings, *, meter: MeterClient | None = None) -> Runtime:
+        """Open the database, the Redis client, the usage source and the Stripe client."""
+        database = open_database(settings.database_url)
+        connection = make_redis(settings.redis_url)
+        return cls(
+            settings=settings,
+            database=database,
+            redis=connection,
+            source=load_usage_source(settings, database),
+            meter=meter if meter is not None else StripeMeterClient(settings),
+        )
+
+    def close(self) -> None:
+        """Close the database connection and the Redis pool."""
+        if not self.database.is_closed():
+            self.database.close()
+        self.redis.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, built from the environment on first use (and again after a fork)."""
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        # After a fork the parent's sockets must not be reused, so build fresh ones.
+        _runtime = Runtime.build(Settings.from_env())
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install (or clear, with None) the process's runtime; for process start-up and tests."""
+    global _runtime
+    _runtime = runtime

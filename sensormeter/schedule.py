@@ -1,0 +1,74 @@
+"""The hourly schedule, kept in one small module so ``rq cron`` could replace rq-scheduler."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+from rq.job import Job
+from rq_scheduler import Scheduler
+
+from .jobs import JSONJob, report_all_sensor_counts
+
+HOURLY_JOB_PREFIX = "sensormeter-hourly"  # rq 2.8+ refuses ':' in job ids.
+HOURLY_CRON = "0 * * * *"
+
+
+def next_hour_utc(now: datetime | None = None) -> datetime:
+    """The next top of the hour in UTC, strictly after ``now`` (aware datetime)."""
+    now = now or datetime.now(UTC)
+    return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+def use_utc_clock() -> None:
+    """Make this process's local time UTC: rq-scheduler reads cron strings in local time."""
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+
+
+def make_scheduler(queue_name: str, connection: object, interval: int = 5) -> Scheduler:
+    """An rq-scheduler Scheduler that stores its jobs as JSON."""
+    return Scheduler(
+        queue_name=queue_name, connection=connection, interval=interval, job_class=JSONJob
+    )
+
+
+def hourly_job_id(queue_name: str) -> str:
+    """The fixed id of the hourly job for a queue (one per queue, so a demo queue is separate)."""
+    return f"{HOURLY_JOB_PREFIX}-{queue_name}"
+
+
+def register_hourly_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
+    """Schedule the fan-out at minute 0 UTC every hour; safe to call on every start.
+
+    Any earlier registration under the same id is cancelled first, so three calls leave
+    one job (and a changed cron string is picked up).
+    """
+    queue_name = queue_name or scheduler.queue_name
+    job_id = hourly_job_id(queue_name)
+    if job_id in scheduler:
+        scheduler.cancel(job_id)
+    job: Job = scheduler.cron(
+        HOURLY_CRON,
+        func=report_all_sensor_counts,
+        id=job_id,
+        queue_name=queue_name,
+        result_ttl=3600,
+        timeout=600,
+        use_local_timezone=False,
+        description="hourly: report all sensor counts",
+    )
+    # rq-scheduler computes the first run from the LOCAL clock; with TZ=Asia/Kolkata that is
+    # minute 30 UTC. Put the first run at the next top of the hour in UTC ourselves; later runs
+    # are computed by the scheduler process, which runs with TZ=UTC (see use_utc_clock).
+    scheduler.connection.zadd(
+        scheduler.scheduled_jobs_key, {job.id: int(next_hour_utc().timestamp())}
+    )
+    return job
+
+
+def scheduled_run_time(scheduler: Scheduler, queue_name: str) -> datetime | None:
+    """When the hourly job of ``queue_name`` runs next (aware UTC), or None if not scheduled."""
+    score = scheduler.connection.zscore(scheduler.scheduled_jobs_key, hourly_job_id(queue_name))
+    return None if score is None else datetime.fromtimestamp(float(score), UTC)

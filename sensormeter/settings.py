@@ -1,0 +1,235 @@
+"""One validated, frozen settings object, built from the environment at the process edge."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+SUBSCRIPTION_STATUSES = frozenset(
+    {
+        "incomplete",
+        "incomplete_expired",
+        "trialing",
+        "active",
+        "past_due",
+        "canceled",
+        "unpaid",
+        "paused",
+    }
+)
+# Stripe spells it "trialing"; host schemas seeded before that often say "trial".
+STATUS_ALIASES = {"trial": "trialing"}
+
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_PAYLOAD_KEY = re.compile(r"^[A-Za-z0-9_]{1,100}$")
+_STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$")
+_USAGE_SOURCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def redact_url(url: str) -> str:
+    """Return the URL with any password replaced by ``***`` so it can be logged or printed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def normalize_status(status: str) -> str:
+    """Map a subscription status to Stripe's spelling (``trial`` becomes ``trialing``)."""
+    lowered = status.strip().lower()
+    return STATUS_ALIASES.get(lowered, lowered)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything sensormeter needs to run; build it with :meth:`from_env` at the process edge."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "sqlite:///sensormeter.db"
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    meter_event_name: str = "active_sensors"
+    billable_statuses: frozenset[str] = frozenset({"active", "trialing"})
+    queue_name: str = "meter-reporting"
+    chunk_size: int = 500
+    max_retries: int = 5
+    retry_backoff_seconds: float = 10.0
+    stripe_timeout_seconds: float = 20.0
+    customer_payload_key: str = "stripe_customer_id"
+    value_payload_key: str = "value"
+    usage_source: str | None = None
+    job_timeout_seconds: int = 300
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; raise ConfigurationError naming a bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, (attribute, parse) in _VARIABLES.items():
+            raw = env.get(variable)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[attribute] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigurationError(variable, str(exc)) from None
+        try:
+            return cls(**values)
+        except ConfigurationError as exc:
+            # Report the environment variable, not the attribute, to the person fixing it.
+            variable = _ATTRIBUTE_TO_VARIABLE.get(exc.variable, exc.variable)
+            raise ConfigurationError(variable, exc.problem) from None
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @property
+    def billable_status_values(self) -> list[str]:
+        """The raw status strings to match in the database, aliases included, sorted."""
+        values = set(self.billable_statuses)
+        values.update(alias for alias, real in STATUS_ALIASES.items() if real in values)
+        return sorted(values)
+
+    def retry_intervals(self) -> list[float]:
+        """Exponential backoff between job attempts: base, 2*base, 4*base, ..."""
+        return [self.retry_backoff_seconds * (2**i) for i in range(self.max_retries)]
+
+    def require_stripe_key(self) -> str:
+        """Return the Stripe key, or raise ConfigurationError when it is missing."""
+        if not self.stripe_api_key:
+            raise ConfigurationError(
+                "STRIPE_API_KEY",
+                "is not set; use a test key (sk_test_...) with the emulator, "
+                "or your restricted key in production",
+            )
+        return self.stripe_api_key
+
+    def describe(self) -> dict[str, object]:
+        """A log-safe summary: URLs without passwords, the key reduced to its mode."""
+        key = self.stripe_api_key
+        return {
+            "redis_url": redact_url(self.redis_url),
+            "database_url": redact_url(self.database_url),
+            "stripe_key": None if not key else key.split("_", 2)[0] + "_" + key.split("_", 2)[1],
+            "stripe_api_base": self.stripe_api_base or "https://api.stripe.com",
+            "meter_event_name": self.meter_event_name,
+            "billable_statuses": sorted(self.billable_statuses),
+            "queue_name": self.queue_name,
+            "chunk_size": self.chunk_size,
+        }
+
+
+def _statuses(raw: str) -> frozenset[str]:
+    statuses = frozenset(normalize_status(s) for s in raw.split(",") if s.strip())
+    if not statuses:
+        raise ValueError("needs at least one status, e.g. active,trialing")
+    return statuses
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a whole number") from None
+    return value
+
+
+def _number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number") from None
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_VARIABLES: dict[str, tuple[str, Any]] = {
+    "REDIS_URL": ("redis_url", _text),
+    "DATABASE_URL": ("database_url", _text),
+    "STRIPE_API_KEY": ("stripe_api_key", _text),
+    "STRIPE_API_BASE": ("stripe_api_base", _text),
+    "SENSORMETER_METER_EVENT_NAME": ("meter_event_name", _text),
+    "SENSORMETER_BILLABLE_STATUSES": ("billable_statuses", _statuses),
+    "SENSORMETER_QUEUE": ("queue_name", _text),
+    "SENSORMETER_CHUNK_SIZE": ("chunk_size", _positive_int),
+    "SENSORMETER_MAX_RETRIES": ("max_retries", _positive_int),
+    "SENSORMETER_RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", _number),
+    "SENSORMETER_STRIPE_TIMEOUT_SECONDS": ("stripe_timeout_seconds", _number),
+    "SENSORMETER_CUSTOMER_PAYLOAD_KEY": ("customer_payload_key", _text),
+    "SENSORMETER_VALUE_PAYLOAD_KEY": ("value_payload_key", _text),
+    "SENSORMETER_USAGE_SOURCE": ("usage_source", _text),
+    "SENSORMETER_JOB_TIMEOUT_SECONDS": ("job_timeout_seconds", _positive_int),
+}
+_ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
+
+
+def _validate(s: Settings) -> None:
+    def fail(attribute: str, problem: str) -> None:
+        raise ConfigurationError(attribute, problem)
+
+    redis = urlsplit(s.redis_url)
+    if redis.scheme not in ("redis", "rediss", "unix"):
+        fail(
+            "redis_url",
+            f"{redact_url(s.redis_url)!r} must start with redis://, rediss:// or unix://",
+        )
+    db = urlsplit(s.database_url)
+    if db.scheme not in ("sqlite", "postgres", "postgresql"):
+        fail(
+            "database_url",
+            f"{redact_url(s.database_url)!r} must be sqlite:///path.db or postgresql://...",
+        )
+    if s.stripe_api_key is not None and not _STRIPE_KEY.match(s.stripe_api_key):
+        fail(
+            "stripe_api_key", "must look like sk_test_..., sk_live_..., rk_test_... or rk_live_..."
+        )
+    if s.stripe_api_base is not None:
+        base = urlsplit(s.stripe_api_base)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            fail("stripe_api_base", f"{s.stripe_api_base!r} must be an http(s):// base address")
+    if not _EVENT_NAME.match(s.meter_event_name):
+        fail("meter_event_name", "must be 1-100 letters, digits, '_', '-', '.' or ':'")
+    unknown = set(s.billable_statuses) - SUBSCRIPTION_STATUSES
+    if unknown:
+        fail(
+            "billable_statuses",
+            f"unknown status(es) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(SUBSCRIPTION_STATUSES))}",
+        )
+    if not s.billable_statuses:
+        fail("billable_statuses", "needs at least one status")
+    if not _QUEUE_NAME.match(s.queue_name):
+        fail("queue_name", "must be 1-64 letters, digits, '_' or '-'")
+    if not 1 <= s.chunk_size <= 10_000:
+        fail("chunk_size", f"{s.chunk_size} is out of range (1 to 10000)")
+    if not 0 <= s.max_retries <= 20:
+        fail("max_retries", f"{s.max_retries} is out of range (0 to 20)")
+    if not 0 <= s.retry_backoff_seconds <= 3600:
+        fail("retry_backoff_seconds", f"{s.retry_backoff_seconds} is out of range (0 to 3600)")
+    if not 0 < s.stripe_timeout_seconds <= 120:
+        fail("stripe_timeout_seconds", f"{s.stripe_timeout_seconds} is out of range (0 to 120]")
+    for attribute in ("customer_payload_key", "value_payload_key"):
+        if not _PAYLOAD_KEY.match(getattr(s, attribute)):
+            fail(attribute, "must be 1-100 letters, digits or '_'")
+    if s.usage_source is not None and not _USAGE_SOURCE.match(s.usage_source):
+        fail("usage_source", f"{s.usage_source!r} must look like 'package.module:factory'")
+    if not 10 <= s.job_timeout_seconds <= 3600:
+        fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")

@@ -1,0 +1,177 @@
+"""Where billable organizations and their active-sensor counts come from.
+
+The default source reads sensormeter's own tables. A host with its own schema implements
+:class:`UsageSource` (three bulk methods) and names a factory in ``SENSORMETER_USAGE_SOURCE``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import peewee
+
+from .errors import ConfigurationError
+from .models import Organization, Sensor, Subscription, tuples
+from .settings import Settings
+
+
+@runtime_checkable
+class UsageSource(Protocol):
+    """Bulk reads sensormeter needs; every method is one query for a whole chunk."""
+
+    def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
+        """Billable organization ids greater than ``after``, ascending, at most ``limit``."""
+        ...
+
+    def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
+        """Map each billable organization among ``organization_ids`` to its Stripe customer."""
+        ...
+
+    def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
+        """Map each organization among ``organization_ids`` to its active-sensor count."""
+        ...
+
+    def explain_not_billable(self, organization_id: str) -> str:
+        """Say in a few words why an organization is not billable (for the log)."""
+        ...
+
+
+class DatabaseUsageSource:
+    """The default source: sensormeter's ``organizations``/``subscriptions``/``sensors`` tables."""
+
+    def __init__(self, database: peewee.Database, billable_status_values: Sequence[str]) -> None:
+        self.database = database
+        self.statuses = list(billable_status_values)
+
+    def _billable(self) -> peewee.Expression:
+        return (
+            Subscription.status.in_(self.statuses)
+            & Subscription.stripe_customer_id.is_null(False)
+            & (Subscription.stripe_customer_id != "")
+        )
+
+    def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
+        """Keyset-paginated billable organization ids (one query per page)."""
+        org = Subscription.organization_id  # type: ignore[attr-defined]
+        query = Subscription.select(org).where(self._billable())
+        if after is not None:
+            query = query.where(org > after)
+        query = query.distinct().order_by(org).limit(limit)
+        return [row[0] for row in tuples(query)]
+
+    def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
+        """Billable organizations of the chunk with their customer (newest subscription wins)."""
+        if not organization_ids:
+            return {}
+        org = Subscription.organization_id  # type: ignore[attr-defined]
+        query = (
+            Subscription.select(org, Subscription.stripe_customer_id)
+            .where(self._billable() & org.in_(list(organization_ids)))
+            .order_by(org, Subscription.id)
+        )
+        # Ascending id: a later subscription of the same organization overwrites an earlier one.
+        return {org_id: customer for org_id, customer in tuples(query)}
+
+    def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
+        """One GROUP BY query; organizations with no active sensor count 0."""
+        if not organization_ids:
+            return {}
+        org = Sensor.organization_id  # type: ignore[attr-defined]
+        query = (
+            Sensor.select(org, peewee.fn.COUNT(Sensor.id))
+            .where(
+                org.in_(list(organization_ids))
+                & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
+                & Sensor.deleted_at.is_null()
+            )
+            .group_by(org)
+        )
+        counts = {org_id: 0 for org_id in organization_ids}
+        counts.update({org_id: int(n) for org_id, n in tuples(query)})
+        return counts
+
+    def explain_not_billable(self, organization_id: str) -> str:
+        """Distinguish an unknown organization, a missing customer and a non-billable status."""
+        if not Organization.select().where(Organization.id == organization_id).exists():
+            return "unknown organization"
+        subs = tuples(
+            Subscription.select(Subscription.status, Subscription.stripe_customer_id).where(
+                Subscription.organization_id == organization_id  # type: ignore[attr-defined]
+            )
+        )
+        if not subs:
+            return "no subscription"
+        billable = [s for s in subs if s[0] in self.statuses]
+        if not billable:
+            return "subscription status not billable: " + ", ".join(sorted({s[0] for s in subs}))
+        return "no Stripe customer on its billable subscription"
+
+
+class InMemoryUsageSource:
+    """A twin of :class:`DatabaseUsageSource` over plain dicts, for fast tests and examples."""
+
+    def __init__(
+        self, customers: Mapping[str, str], counts: Mapping[str, int] | None = None
+    ) -> None:
+        self.customers = dict(customers)
+        self.counts = dict(counts or {})
+        self.queries = 0
+
+    def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
+        """Billable ids after ``after``, ascending."""
+        self.queries += 1
+        ids = sorted(o for o, c in self.customers.items() if c)
+        return [o for o in ids if after is None or o > after][:limit]
+
+    def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
+        """Customers of the billable organizations among ``organization_ids``."""
+        self.queries += 1
+        return {o: self.customers[o] for o in organization_ids if self.customers.get(o)}
+
+    def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
+        """Counts for ``organization_ids`` (0 when unknown)."""
+        self.queries += 1
+        return {o: self.counts.get(o, 0) for o in organization_ids}
+
+    def explain_not_billable(self, organization_id: str) -> str:
+        """Unknown or customer-less."""
+        return "no Stripe customer" if organization_id in self.customers else "unknown organization"
+
+
+def iter_billable_chunks(source: UsageSource, chunk_size: int) -> Iterator[list[str]]:
+    """Stream billable organization ids in chunks; memory stays bounded by ``chunk_size``."""
+    after: str | None = None
+    while True:
+        chunk = source.billable_organization_ids(after, chunk_size)
+        if not chunk:
+            return
+        yield chunk
+        if len(chunk) < chunk_size:
+            return
+        after = chunk[-1]
+
+
+UsageSourceFactory = Callable[[Settings, peewee.Database], UsageSource]
+
+
+def load_usage_source(settings: Settings, database: peewee.Database) -> UsageSource:
+    """Build the configured source: the default tables, or the host's ``module:factory``."""
+    if settings.usage_source is None:
+        return DatabaseUsageSource(database, settings.billable_status_values)
+    module_name, _, attribute = settings.usage_source.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            "SENSORMETER_USAGE_SOURCE", f"cannot load {settings.usage_source!r}: {exc}"
+        ) from None
+    source = factory(settings, database)
+    if not isinstance(source, UsageSource):
+        raise ConfigurationError(
+            "SENSORMETER_USAGE_SOURCE",
+            f"{settings.usage_source!r} returned {type(source).__name__}, which lacks the "
+            "UsageSource methods",
+        )
+    return source

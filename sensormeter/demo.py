@@ -44,10 +44,12 @@ def seed(database: object) -> None:
             current_period_start=now - timedelta(days=3),
             current_period_end=now + timedelta(days=27),
         )
-        rows: list[dict[str, object]] = [{"organization": org_id} for _ in range(active)]
-        rows += [{"organization": org_id, "is_active": False} for _ in range(inactive)]
-        rows += [{"organization": org_id, "deleted_at": now} for _ in range(deleted)]
-        Sensor.insert_many(rows).execute()
+        # insert_many takes its columns from the first row, so every row names all three.
+        rows = [(org_id, True, None)] * active + [(org_id, False, None)] * inactive
+        rows += [(org_id, True, now)] * deleted
+        Sensor.insert_many(
+            rows, fields=[Sensor.organization, Sensor.is_active, Sensor.deleted_at]
+        ).execute()
 
 
 def demo_settings(base: Settings, emulator_url: str) -> Settings:

@@ -84,3 +84,5 @@ def configure_logging(
         handler.addFilter(_ScrubbingFilter())
         root.addHandler(handler)
     root.setLevel(level)
+    # stripe-python logs every request at INFO; our own "report" line already says what matters.
+    logging.getLogger("stripe").setLevel(max(logging.WARNING, root.level))

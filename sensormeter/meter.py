@@ -108,7 +108,7 @@ class StripeMeterClient:
     def send(self, event: MeterEvent) -> SendResult:
         """POST /v1/billing/meter_events with the event's identifier and timestamp."""
         try:
-            self.client.v1.billing.meter_events.create(
+            created = self.client.v1.billing.meter_events.create(
                 params={
                     "event_name": event.event_name,
                     "identifier": event.identifier,
@@ -121,7 +121,8 @@ class StripeMeterClient:
             )
         except stripe.StripeError as exc:
             return classify_error(exc)
-        return SendResult(Outcome.DELIVERED)
+        response = getattr(created, "last_response", None)
+        return SendResult(Outcome.DELIVERED, request_id=getattr(response, "request_id", None))
 
 
 class InMemoryMeterClient:

@@ -138,7 +138,6 @@ def make_database(url: str) -> peewee.Database:
             password=unquote(parts.password) if parts.password else None,
             host=parts.hostname,
             port=parts.port,
-            autorollback=True,
             **options,
         )
     raise ConfigurationError("DATABASE_URL", f"unsupported scheme in {redact_url(url)!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,13 +52,13 @@ def normalize_status(status: str) -> str:
     return STATUS_ALIASES.get(lowered, lowered)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Everything sensormeter needs to run; build it with :meth:`from_env` at the process edge."""
 
     redis_url: str = "redis://localhost:6379/0"
     database_url: str = "sqlite:///sensormeter.db"
-    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_key: str | None = None
     stripe_api_base: str | None = None
     meter_event_name: str = "active_sensors"
     billable_statuses: frozenset[str] = frozenset({"active", "trialing"})
@@ -74,6 +74,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and logs: never show URL passwords or the key.
+        fields = {
+            **self.__dict__,
+            "redis_url": redact_url(self.redis_url),
+            "database_url": redact_url(self.database_url),
+            "stripe_api_key": "***" if self.stripe_api_key else None,
+        }
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,7 +152,7 @@ def _statuses(raw: str) -> frozenset[str]:
     return statuses
 
 
-def _positive_int(raw: str) -> int:
+def _integer(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
@@ -169,14 +179,14 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_METER_EVENT_NAME": ("meter_event_name", _text),
     "SENSORMETER_BILLABLE_STATUSES": ("billable_statuses", _statuses),
     "SENSORMETER_QUEUE": ("queue_name", _text),
-    "SENSORMETER_CHUNK_SIZE": ("chunk_size", _positive_int),
-    "SENSORMETER_MAX_RETRIES": ("max_retries", _positive_int),
+    "SENSORMETER_CHUNK_SIZE": ("chunk_size", _integer),
+    "SENSORMETER_MAX_RETRIES": ("max_retries", _integer),
     "SENSORMETER_RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", _number),
     "SENSORMETER_STRIPE_TIMEOUT_SECONDS": ("stripe_timeout_seconds", _number),
     "SENSORMETER_CUSTOMER_PAYLOAD_KEY": ("customer_payload_key", _text),
     "SENSORMETER_VALUE_PAYLOAD_KEY": ("value_payload_key", _text),
     "SENSORMETER_USAGE_SOURCE": ("usage_source", _text),
-    "SENSORMETER_JOB_TIMEOUT_SECONDS": ("job_timeout_seconds", _positive_int),
+    "SENSORMETER_JOB_TIMEOUT_SECONDS": ("job_timeout_seconds", _integer),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
 

@@ -1,0 +1,168 @@
+"""The processor on real databases with the in-memory Stripe twin: idempotency and ledger states."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import peewee
+import pytest
+
+from sensormeter import ledger
+from sensormeter.errors import ReportsFailed, RetryableReportError
+from sensormeter.meter import InMemoryMeterClient, Outcome, SendResult
+from sensormeter.models import MeterReport, Sensor
+from sensormeter.reporter import Reporter
+from sensormeter.settings import Settings
+from sensormeter.usage import DatabaseUsageSource
+
+from .conftest import count_queries
+from .factories import make_org
+
+HOUR = "2026-11-29T04"
+
+
+@pytest.fixture
+def meter() -> InMemoryMeterClient:
+    return InMemoryMeterClient()
+
+
+@pytest.fixture
+def reporter(database: peewee.Database, meter: InMemoryMeterClient) -> Reporter:
+    src = DatabaseUsageSource(database, Settings().billable_status_values)
+    return Reporter(src, meter, "active_sensors")
+
+
+def row(org: str) -> MeterReport:
+    return MeterReport.get(MeterReport.organization_id == org)
+
+
+class TestHourly:
+    def test_sends_count_and_records_sent(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A billable organization's active count is sent once and the row is 'sent'."""
+        make_org("a", active=3, inactive=1, deleted=1)
+        result = reporter.run(database, ["a"], hour=HOUR)
+        assert result.outcomes == {"a": "sent"}
+        [event] = meter.events
+        assert (event.customer, event.value, event.event_name) == ("cus_a", 3, "active_sensors")
+        assert event.identifier == ledger.hourly_identifier(
+            "a", "active_sensors", ledger.parse_hour(HOUR)
+        )
+        r = row("a")
+        assert (r.status, r.value, r.attempts, r.kind) == ("sent", 3, 1, "hourly")
+        assert event.timestamp == int(r.measured_at.replace(tzinfo=UTC).timestamp())
+
+    def test_running_twice_sends_once(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A second run of the same hour (a job that runs twice) sends nothing new."""
+        make_org("a", active=2)
+        reporter.run(database, ["a"], hour=HOUR)
+        make_org("b", active=1)
+        second = reporter.run(database, ["a", "b"], hour=HOUR)
+        assert [e.customer for e in meter.events] == ["cus_a", "cus_b"]
+        assert second.outcomes == {"a": "sent", "b": "sent"}
+        assert MeterReport.select().count() == 2
+
+    def test_non_billable_gets_no_call(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """Unknown, customer-less and canceled organizations are skipped with a reason."""
+        make_org("nocus", customer=None, active=2)
+        make_org("old", status="canceled", active=2)
+        result = reporter.run(database, ["nocus", "old", "ghost"], hour=HOUR)
+        assert meter.attempts == []
+        assert set(result.skipped) == {"nocus", "old", "ghost"}
+        assert result.skipped["ghost"] == "unknown organization"
+        assert MeterReport.select().count() == 0
+
+    def test_query_count_does_not_grow_with_chunk(
+        self, database: peewee.Database, reporter: Reporter
+    ) -> None:
+        """Preparing a chunk of 5 or of 50 organizations takes the same number of SELECTs."""
+        for i in range(55):
+            make_org(f"o{i:02d}", active=1)
+        ids = [f"o{i:02d}" for i in range(55)]
+        with count_queries() as small:
+            reporter.prepare(database, ids[:5], HOUR, None, None)
+        with count_queries() as large:
+            reporter.prepare(database, ids[5:], HOUR, None, None)
+        assert small.selects == large.selects
+
+
+class TestFailures:
+    def test_retry_reuses_identifier_and_value(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A 429 leaves the row pending; the retry sends the same identifier and value."""
+        make_org("a", active=5)
+        meter.script = [SendResult(Outcome.RETRYABLE, "RateLimitError: slow down", "req_1", 429)]
+        first = reporter.run(database, ["a"], hour=HOUR, final_attempt=False)
+        with pytest.raises(RetryableReportError):
+            first.raise_for_retry()
+        assert (row("a").status, row("a").last_error) == ("pending", "RateLimitError: slow down")
+        make_org("b")  # the count changes between attempts: the stored value is resent
+        Sensor.create(organization="a")
+        reporter.run(database, ["a"], hour=HOUR)
+        assert meter.attempts[0] == meter.attempts[1]
+        assert (row("a").status, row("a").attempts, row("a").value) == ("sent", 2, 5)
+
+    def test_duplicate_identifier_means_delivered(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """Stripe's 'event already exists' answer marks the row sent, not failed."""
+        make_org("a", active=1)
+        meter.script = [
+            SendResult(
+                Outcome.DUPLICATE, "An event already exists with identifier x.", "req_2", 400
+            )
+        ]
+        reporter.run(database, ["a"], hour=HOUR).raise_for_retry()
+        assert (row("a").status, row("a").last_error) == ("sent", None)
+
+    def test_rejection_is_permanent_and_isolated(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A 400 marks that row rejected with message and request id; the others are sent."""
+        make_org("a", active=1)
+        make_org("b", active=2)
+        meter.script = [SendResult(Outcome.REJECTED, "No such customer", "req_3", 400)]
+        result = reporter.run(database, ["a", "b"], hour=HOUR)
+        result.raise_for_retry()  # rejected is final: nothing to retry
+        assert (row("a").status, row("a").last_error, row("a").stripe_request_id) == (
+            "rejected",
+            "No such customer",
+            "req_3",
+        )
+        assert row("b").status == "sent"
+        reporter.run(database, ["a", "b"], hour=HOUR)
+        assert len(meter.attempts) == 2  # the rejected row is never retried
+
+    def test_last_attempt_marks_failed(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """When retries are spent, a transient failure leaves the row 'failed' with its reason."""
+        make_org("a", active=1)
+        meter.script = [SendResult(Outcome.RETRYABLE, "APIError: 503", "req_4", 503)]
+        result = reporter.run(database, ["a"], hour=HOUR, final_attempt=True)
+        with pytest.raises(ReportsFailed, match="APIError: 503"):
+            result.raise_for_retry()
+        assert (row("a").status, row("a").last_error) == ("failed", "APIError: 503")
+
+    def test_failed_row_is_resent_by_a_later_run(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A failed row is sent again (same identifier) when its hour is reported again."""
+        make_org("a", active=1)
+        meter.script = [SendResult(Outcome.RETRYABLE, "APIConnectionError: down", None, None)]
+        reporter.run(database, ["a"], hour=HOUR, final_attempt=True)
+        reporter.run(database, ["a"], hour=HOUR)
+        assert row("a").status == "sent"
+        assert meter.attempts[0].identifier == meter.attempts[1].identifier
+
+
+def test_on_demand_needs_request_id(database: peewee.Database, reporter: Reporter) -> None:
+    """A report without an hour or a request id is a programming error, refused."""
+    with pytest.raises(ValueError, match="request id"):
+        reporter.run(database, ["a"])

@@ -16,7 +16,7 @@ def make_org(
     inactive: int = 0,
     deleted: int = 0,
 ) -> Organization:
-    """An organization with one subscription and the given sensors (customer cus_<id> by default)."""
+    """An organization with one subscription and the given sensors (customer cus_<id>)."""
     org = Organization.create(id=org_id, name=org_id.title())
     Subscription.create(
         organization=org,

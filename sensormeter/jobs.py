@@ -144,7 +144,9 @@ def process_meter_report(
                 job_id=job_id,
                 final_attempt=final_attempt,
             )
-    except Exception as exc:
+    except BaseException as exc:
+        # BaseException too: RQ's ShutDownImminentException (a dyno restart) is one, and the
+        # job line must still be written; RQ then retries the job.
         log.error(
             "job.failed",
             job_id=job_id,

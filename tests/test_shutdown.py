@@ -1,0 +1,74 @@
+"""A dyno restart (SIGTERM to every process of the worker dyno) loses no report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import peewee
+import redis
+
+from sensormeter import enqueue_sensor_report
+from sensormeter.emulator import StripeEmulator
+from sensormeter.jobs import make_queue
+from sensormeter.models import MeterReport
+from sensormeter.settings import Settings
+
+from .conftest import SENSORMETER, cli_env
+from .factories import make_org
+
+
+def wait_for(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_mid_job_is_retried_not_lost(
+    settings: Settings,
+    database: peewee.Database,
+    redis_conn: redis.Redis,
+    emulator: StripeEmulator,
+) -> None:
+    """SIGTERM to the pool while Stripe is slow: clean exit within 30 s, then the report lands."""
+    make_org("acme", active=4)
+    settings = settings.with_overrides(stripe_timeout_seconds=20)
+    enqueue_sensor_report("acme", settings=settings, connection=redis_conn)
+    emulator.set_latency(15)  # longer than HerokuWorker's 6 s grace: the job is cut off
+    pool = subprocess.Popen(
+        [*SENSORMETER, "worker", "-n", "1"],
+        env=cli_env(settings),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(lambda: emulator.request_count() >= 1, 30), "the job never called Stripe"
+        os.killpg(pool.pid, signal.SIGTERM)  # Heroku signals every process of the dyno
+        pool.wait(timeout=30)  # Heroku's SIGKILL comes 30 s after SIGTERM
+    finally:
+        if pool.poll() is None:
+            os.killpg(pool.pid, signal.SIGKILL)
+            pool.wait()
+    # The job was cut off, not finished: it is still to be sent, and queued again by RQ.
+    assert MeterReport.get().status == "pending"
+    emulator.set_latency(0)
+    # The cut-off job was handed back to RQ (queued, or waiting for its retry): run it again.
+    burst = subprocess.run(
+        [*SENSORMETER, "worker", "--burst"],
+        env=cli_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert burst.returncode == 0, burst.stderr[-2000:]
+    row = MeterReport.get()
+    assert row.status == "sent"
+    assert [e.identifier for e in emulator.events()] == [row.identifier]
+    queue = make_queue(settings, redis_conn)
+    assert queue.count == 0 and queue.failed_job_registry.count == 0

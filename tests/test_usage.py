@@ -5,9 +5,15 @@ from __future__ import annotations
 import peewee
 import pytest
 
+from sensormeter.errors import ConfigurationError
 from sensormeter.models import Subscription
 from sensormeter.settings import SUBSCRIPTION_STATUSES, Settings
-from sensormeter.usage import DatabaseUsageSource, InMemoryUsageSource, iter_billable_chunks
+from sensormeter.usage import (
+    DatabaseUsageSource,
+    InMemoryUsageSource,
+    iter_billable_chunks,
+    load_usage_source,
+)
 
 from .conftest import count_queries
 from .factories import make_org
@@ -109,3 +115,21 @@ class TestChunks:
         src = InMemoryUsageSource({f"o{i}": f"cus_{i}" for i in range(6)})
         assert [len(c) for c in iter_billable_chunks(src, 3)] == [3, 3]
         assert src.queries == 3
+
+
+class TestHostSource:
+    def test_factory_named_in_settings_is_used(self) -> None:
+        """SENSORMETER_USAGE_SOURCE=module:factory replaces the default tables."""
+        settings = Settings.from_env({"SENSORMETER_USAGE_SOURCE": "tests.host_source:make_source"})
+        src = load_usage_source(settings, peewee.Proxy())
+        assert src.billable_customers(["h1", "x"]) == {"h1": "cus_h1"}
+        assert src.count_active_sensors(["h1"]) == {"h1": 9}
+
+    @pytest.mark.parametrize(
+        "path", ["tests.host_source:missing", "no_such_module:f", "tests.host_source:not_a_source"]
+    )
+    def test_bad_factory_is_a_configuration_error(self, path: str) -> None:
+        """A factory that cannot be loaded, or returns no UsageSource, names the variable."""
+        settings = Settings.from_env({"SENSORMETER_USAGE_SOURCE": path})
+        with pytest.raises(ConfigurationError, match="SENSORMETER_USAGE_SOURCE"):
+            load_usage_source(settings, peewee.Proxy())

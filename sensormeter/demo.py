@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .emulator import StripeEmulator
 from .models import MeterReport, Organization, Sensor, Subscription, create_tables, utcnow
@@ -45,7 +45,8 @@ def seed(database: object) -> None:
             current_period_end=now + timedelta(days=27),
         )
         # insert_many takes its columns from the first row, so every row names all three.
-        rows = [(org_id, True, None)] * active + [(org_id, False, None)] * inactive
+        rows: list[tuple[str, bool, datetime | None]] = [(org_id, True, None)] * active
+        rows += [(org_id, False, None)] * inactive
         rows += [(org_id, True, now)] * deleted
         Sensor.insert_many(
             rows, fields=[Sensor.organization, Sensor.is_active, Sensor.deleted_at]

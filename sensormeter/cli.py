@@ -210,11 +210,24 @@ def status() -> None:
 @main.command("stripe-emulator")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=12111, show_default=True, type=click.IntRange(0, 65535))
-def stripe_emulator(host: str, port: int) -> None:
+@click.option(
+    "--rate-limit",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Answer 429 beyond this many meter events per second.",
+)
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait before answering each meter-event request.",
+)
+def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: float) -> None:
     """Run the bundled Stripe meter emulator (for development and tests only)."""
     from .emulator import serve
 
-    serve(host, port)
+    serve(host, port, rate_limit=rate_limit, latency=latency)
 
 
 @main.command("demo")

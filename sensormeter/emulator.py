@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 import secrets
@@ -11,13 +10,23 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from .emulator_reads import WHOLE_NUMBER, Reply, Response, check, meter_list, page, summaries
+from .emulator_stream import (
+    SESSION_SECONDS,
+    SessionStore,
+    TokenBucket,
+    parse_iso,
+    parse_stream_body,
+)
 
 DEFAULT_METER = "active_sensors"
 MAX_PAST_SECONDS = 35 * 86400
@@ -26,13 +35,10 @@ IDENTIFIER_WINDOW_SECONDS = 24 * 3600
 MAX_NAME_LENGTH = 100
 
 _API_KEY = re.compile(r"(sk|rk)_(test|live)_\S+")
-_WHOLE_NUMBER = re.compile(r"[0-9]+")
 _PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]")
 _SUMMARIES_PATH = re.compile(r"/v1/billing/meters/([^/]+)/event_summaries")
-_WINDOWS = {"hour": 3600, "day": 86400}
 _FIELDS = ("event_name", "identifier", "timestamp")
 
-_Response = tuple[int, Any, dict[str, str]]  # status, JSON body, extra headers
 _Fault = tuple[int | None, str | None]  # status (None: drop the connection), message
 
 
@@ -49,61 +55,9 @@ class ReceivedEvent:
     payload: dict[str, str]
 
 
-class _Reply(Exception):
-    """Raised inside a route to answer at once with a Stripe-shaped error."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        *,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        error = {"type": kind, "message": message, "param": param, "code": code}
-        body = {"error": {key: value for key, value in error.items() if value is not None}}
-        self.response: _Response = (status, body, headers or {})
-
-
-def _check(ok: bool, message: str, param: str | None = None) -> None:
-    """Answer 400 invalid_request_error unless a validation rule holds."""
-    if not ok:
-        raise _Reply(400, message, param)
-
-
 def _mask(key: str) -> str:
     """Hide all but the ends of an API key, as Stripe does in its error messages."""
     return key[:8] + "*" * (len(key) - 12) + key[-4:] if len(key) >= 12 else "*" * len(key)
-
-
-def _stable_id(prefix: str, *parts: object) -> str:
-    """Derive an id that stays the same across runs for the same inputs."""
-    return f"{prefix}_{hashlib.sha256(repr(parts).encode()).hexdigest()[:24]}"
-
-
-def _int_param(query: Mapping[str, str], name: str) -> int:
-    """Read a required whole-number query parameter."""
-    raw = query.get(name, "")
-    _check(bool(raw), f"Missing required param: {name}.", name)
-    _check(bool(_WHOLE_NUMBER.fullmatch(raw)), f"Invalid integer: {raw}", name)
-    return int(raw)
-
-
-def _page(items: list[dict[str, Any]], query: Mapping[str, str], url: str) -> dict[str, Any]:
-    """Cut one page out of a list the way Stripe's cursor pagination does (default 10)."""
-    raw = query.get("limit", "10")
-    limit = int(raw) if _WHOLE_NUMBER.fullmatch(raw) else 0
-    _check(1 <= limit <= 100, "Invalid limit: must be between 1 and 100.", "limit")
-    start = 0
-    if after := query.get("starting_after"):
-        ids = [item["id"] for item in items]
-        _check(after in ids, f"No such object: '{after}'", "starting_after")
-        start = ids.index(after) + 1
-    page = items[start : start + limit]
-    return {"object": "list", "data": page, "has_more": len(items) > start + limit, "url": url}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -154,6 +108,8 @@ class StripeEmulator:
         customer_key: str = "stripe_customer_id",
         value_key: str = "value",
         clock: Callable[[], float] = time.time,
+        rate_limit: float | None = None,
+        session_ttl: float = SESSION_SECONDS,
     ) -> None:
         self.host, self.port = host, port
         self.customer_key, self.value_key = customer_key, value_key
@@ -169,6 +125,9 @@ class StripeEmulator:
         self._faults: deque[_Fault] = deque()
         self._latency = 0.0
         self._requests = 0
+        self._bucket = TokenBucket(rate_limit)
+        self._sessions = SessionStore(clock, session_ttl)
+        self._error_reports: list[dict[str, Any]] = []
 
     def start(self) -> StripeEmulator:
         """Bind the port and serve in a daemon thread; returns self."""
@@ -220,6 +179,15 @@ class StripeEmulator:
         with self._lock:
             return list(self._events)
 
+    def error_reports(self) -> list[dict[str, Any]]:
+        """Stream events refused after their request was accepted (Stripe's async errors)."""
+        with self._lock:
+            return list(self._error_reports)
+
+    def set_rate_limit(self, events_per_second: float | None) -> None:
+        """Answer 429 beyond this many meter events per second (v1 calls and v2 stream events)."""
+        self._bucket.set_rate(events_per_second)
+
     def request_count(self) -> int:
         """Return how many meter-event POSTs arrived, faulted ones included."""
         with self._lock:
@@ -233,6 +201,9 @@ class StripeEmulator:
             self._meters = {DEFAULT_METER: self._created}
             self._faults.clear()
             self._latency, self._requests = 0.0, 0
+            self._error_reports.clear()
+        self._sessions.clear()
+        self._bucket.set_rate(None)
 
     def inject(self, status: int, times: int = 1, *, message: str | None = None) -> None:
         """Answer the next `times` meter-event POSTs with this HTTP error status."""
@@ -263,11 +234,13 @@ class StripeEmulator:
                 "request_count": self._requests,
                 "queued_faults": len(self._faults),
                 "latency": self._latency,
+                "rate_limit": self._bucket.rate,
+                "events": len(self._events),
             }
 
     def _handle(
         self, method: str, path: str, query: str, headers: Message, body: bytes
-    ) -> _Response | None:
+    ) -> Response | None:
         """Answer one request; None means close the connection without a response."""
         params = dict(parse_qsl(query, keep_blank_values=True))
         try:
@@ -275,26 +248,33 @@ class StripeEmulator:
                 return self._control(method, path, body)
             if method == "POST" and path == "/v1/billing/meter_events":
                 return self._create_event(headers, body)
+            if method == "POST" and path == "/v2/billing/meter_event_stream":
+                return self._stream(headers, body)
+            if method == "POST" and path == "/v2/billing/meter_event_session":
+                return self._create_session(headers)
             if path.startswith(("/v1/", "/v2/")):
                 self._authenticate(headers)
                 if method == "GET" and path == "/v1/billing/meters":
-                    return 200, _page(self._meter_list(), params, path), {}
+                    return 200, page(self._meter_list(), params, path), {}
                 match = _SUMMARIES_PATH.fullmatch(path)
                 if method == "GET" and match:
-                    return 200, self._summaries(match.group(1), params, path), {}
-            raise _Reply(404, f"Unrecognized request URL ({method}: {path}).")
-        except _Reply as reply:
+                    found = summaries(
+                        self._meter_list(), self.events(), match.group(1), params, path
+                    )
+                    return 200, found, {}
+            raise Reply(404, f"Unrecognized request URL ({method}: {path}).")
+        except Reply as reply:
             return reply.response
 
     def _authenticate(self, headers: Message) -> None:
         auth = headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         if not key:
-            raise _Reply(401, "You did not provide an API key (Authorization: Bearer sk_...).")
+            raise Reply(401, "You did not provide an API key (Authorization: Bearer sk_...).")
         if not _API_KEY.fullmatch(key):
-            raise _Reply(401, f"Invalid API Key provided: {_mask(key)}")
+            raise Reply(401, f"Invalid API Key provided: {_mask(key)}")
 
-    def _control(self, method: str, path: str, body: bytes) -> _Response:
+    def _control(self, method: str, path: str, body: bytes) -> Response:
         """Serve /_emulator/*, so other processes can steer and inspect the emulator."""
         if method == "GET" and path == "/_emulator/events":
             return 200, [asdict(event) for event in self.events()], {}
@@ -306,7 +286,7 @@ class StripeEmulator:
         if method == "POST" and path == "/_emulator/faults":
             try:
                 spec = json.loads(body or b"{}")
-                keys = {"status", "times", "message", "disconnect", "latency"}
+                keys = {"status", "times", "message", "disconnect", "latency", "rate_limit"}
                 if not isinstance(spec, dict) or not spec.keys() <= keys:
                     raise ValueError(f"expected a JSON object with keys among {sorted(keys)}")
                 if "status" in spec:
@@ -316,13 +296,18 @@ class StripeEmulator:
                     self.inject_disconnect(int(spec["disconnect"]))
                 if "latency" in spec:
                     self.set_latency(float(spec["latency"]))
+                if "rate_limit" in spec:
+                    self.set_rate_limit(spec["rate_limit"] and float(spec["rate_limit"]))
             except (ValueError, TypeError) as exc:
-                raise _Reply(400, f"Invalid fault specification: {exc}") from exc
+                raise Reply(400, f"Invalid fault specification: {exc}") from exc
             return 200, self._state(), {}
-        raise _Reply(404, f"Unrecognized request URL ({method}: {path}).")
+        raise Reply(404, f"Unrecognized request URL ({method}: {path}).")
 
-    def _create_event(self, headers: Message, body: bytes) -> _Response | None:
-        """Serve POST /v1/billing/meter_events: faults first, then auth and validation."""
+    def _admit(self, count: int) -> bool:
+        """Apply faults, latency and the rate limit to a meter-event request of ``count`` events.
+
+        Returns False when the connection is to be dropped; raises Reply for an error answer.
+        """
         with self._lock:
             self._requests += 1
             latency = self._latency
@@ -330,51 +315,128 @@ class StripeEmulator:
             status, message = self._faults.popleft() if self._faults else (0, None)
         # stop() ends the wait early; a stopping emulator then answers nothing, like a dead host.
         if status is None or (latency and self._stopping.wait(latency)):
-            return None
-        if status == 429:
+            return False
+        if status == 429 or (not status and not self._bucket.take(count)):
             text = message or "Request rate limit exceeded."
-            raise _Reply(429, text, kind="rate_limit_error", code="rate_limit")
+            raise Reply(429, text, kind="rate_limit_error", code="rate_limit")
         if status:
             kind = "api_error" if status >= 500 else "invalid_request_error"
-            raise _Reply(status, message or "Injected error.", kind=kind)
+            raise Reply(status, message or "Injected error.", kind=kind)
+        return True
+
+    def _create_event(self, headers: Message, body: bytes) -> Response | None:
+        """Serve POST /v1/billing/meter_events: faults first, then auth and validation."""
+        if not self._admit(1):
+            return None
         self._authenticate(headers)
         fields, payload = self._parse_form(body)
         now = self._clock()
+        raw_ts = fields.get("timestamp", str(int(now)))
+        check(
+            bool(WHOLE_NUMBER.fullmatch(raw_ts)), "Invalid timestamp: not an integer.", "timestamp"
+        )
+        event = self._record(
+            fields.get("event_name", ""), fields.get("identifier"), payload, int(raw_ts), now
+        )
+        if event is None:
+            problem = f"An event already exists with identifier {fields.get('identifier')}."
+            raise Reply(400, problem, "identifier", headers={"Stripe-Should-Retry": "false"})
+        answer = {
+            "object": "billing.meter_event",
+            "created": int(now),
+            "event_name": event.event_name,
+        }
+        answer.update(
+            identifier=event.identifier, livemode=False, payload=payload, timestamp=event.timestamp
+        )
+        return 200, answer, {}
 
-        name = fields.get("event_name", "")
-        _check(bool(name), "Missing required param: event_name.", "event_name")
-        _check(len(name) <= MAX_NAME_LENGTH, "Invalid event_name: too long.", "event_name")
-        _check(bool(payload), "Missing required param: payload.", "payload")
+    def _record(
+        self, name: str, identifier: str | None, payload: dict[str, str], timestamp: int, now: float
+    ) -> ReceivedEvent | None:
+        """Validate one event and keep it; None when its identifier was seen in the last 24 h."""
+        check(bool(name), "Missing required param: event_name.", "event_name")
+        check(len(name) <= MAX_NAME_LENGTH, "Invalid event_name: too long.", "event_name")
+        check(bool(payload), "Missing required param: payload.", "payload")
         customer_param, value_param = f"payload[{self.customer_key}]", f"payload[{self.value_key}]"
         customer, value = payload.get(self.customer_key, ""), payload.get(self.value_key)
-        _check(bool(customer), f"Missing required param: {customer_param}.", customer_param)
-        _check(value is not None, f"Missing required param: {value_param}.", value_param)
+        check(bool(customer), f"Missing required param: {customer_param}.", customer_param)
+        check(value is not None, f"Missing required param: {value_param}.", value_param)
         # A whole number in a string, as Stripe wants; a `last` meter of a count is never < 0.
         problem = f'Invalid {value_param}: {value!r} is not a whole number like "17".'
-        _check(bool(_WHOLE_NUMBER.fullmatch(value or "")), problem, value_param)
-        raw_ts, ts = fields.get("timestamp", str(int(now))), "timestamp"
-        _check(bool(_WHOLE_NUMBER.fullmatch(raw_ts)), "Invalid timestamp: not an integer.", ts)
-        timestamp = int(raw_ts)
-        _check(timestamp >= now - MAX_PAST_SECONDS, "Invalid timestamp: older than 35 days.", ts)
-        _check(
-            timestamp <= now + MAX_FUTURE_SECONDS, "Invalid timestamp: over 5 minutes ahead.", ts
-        )
-        identifier = fields.get("identifier", "evt_" + secrets.token_hex(12))
+        check(bool(WHOLE_NUMBER.fullmatch(value or "")), problem, value_param)
+        ts = "timestamp"
+        check(timestamp >= now - MAX_PAST_SECONDS, "Invalid timestamp: older than 35 days.", ts)
+        check(timestamp <= now + MAX_FUTURE_SECONDS, "Invalid timestamp: over 5 minutes ahead.", ts)
+        identifier = identifier if identifier is not None else "evt_" + secrets.token_hex(12)
         problem = f"Invalid identifier: must be 1 to {MAX_NAME_LENGTH} characters."
-        _check(0 < len(identifier) <= MAX_NAME_LENGTH, problem, "identifier")
+        check(0 < len(identifier) <= MAX_NAME_LENGTH, problem, "identifier")
         event = ReceivedEvent(name, identifier, customer, int(value or 0), timestamp, now, payload)
         # Check and record under one lock: of two concurrent repeats exactly one may win.
         with self._lock:
             seen = self._identifiers.get(identifier)
             if seen is not None and now - seen < IDENTIFIER_WINDOW_SECONDS:
-                problem = f"An event already exists with identifier {identifier}."
-                raise _Reply(400, problem, "identifier", headers={"Stripe-Should-Retry": "false"})
+                return None
             self._identifiers[identifier] = now
             self._events.append(event)
             self._meters.setdefault(name, int(now))
-        answer = {"object": "billing.meter_event", "created": int(now), "event_name": name}
-        answer.update(identifier=identifier, livemode=False, payload=payload, timestamp=timestamp)
-        return 200, answer, {}
+        return event
+
+    def _create_session(self, headers: Message) -> Response:
+        """Serve POST /v2/billing/meter_event_session: a token for the stream, 15 minutes."""
+        self._authenticate(headers)
+        return 200, self._sessions.create(), {}
+
+    def _stream(self, headers: Message, body: bytes) -> Response | None:
+        """Serve POST /v2/billing/meter_event_stream: up to 100 events, validated afterwards.
+
+        As on Stripe, a malformed event or a repeated identifier does not fail the request: it
+        is kept in ``error_reports()`` (Stripe's asynchronous error report) and not recorded.
+        """
+        auth = headers.get("Authorization", "")
+        state = self._sessions.state(auth.removeprefix("Bearer ").strip())
+        if state == "unknown":
+            raise Reply(401, "Invalid or missing meter event session token.")
+        if state == "expired":
+            raise Reply(
+                401,
+                "The meter event session has expired; create a new session.",
+                kind="temporary_session_expired",
+                code="billing_meter_event_session_expired",
+            )
+        events = parse_stream_body(body)
+        if isinstance(events, str):
+            raise Reply(400, events, "events")
+        if not self._admit(len(events)):
+            return None
+        now = self._clock()
+        for item in events:
+            identifier = item.get("identifier")
+            try:
+                timestamp = parse_iso(item.get("timestamp", _iso_now(now)))
+                check(timestamp is not None, "Invalid timestamp: not ISO 8601.", "timestamp")
+                payload = item.get("payload")
+                check(isinstance(payload, dict), "Missing required param: payload.", "payload")
+                kept = self._record(
+                    str(item.get("event_name", "")),
+                    None if identifier is None else str(identifier),
+                    {str(k): str(v) for k, v in (payload or {}).items()},
+                    int(timestamp or 0),
+                    now,
+                )
+                if kept is None:
+                    raise Reply(400, f"An event already exists with identifier {identifier}.")
+            except Reply as reply:
+                with self._lock:
+                    self._error_reports.append(
+                        {"identifier": identifier, "error": reply.response[1]["error"]}
+                    )
+        return 200, {}, {}
+
+    def _meter_list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            meters = dict(self._meters)
+        return meter_list(meters, self.customer_key, self.value_key)
 
     @staticmethod
     def _parse_form(body: bytes) -> tuple[dict[str, str], dict[str, str]]:
@@ -385,81 +447,16 @@ class StripeEmulator:
             if match := _PAYLOAD_FIELD.fullmatch(key):
                 payload[match.group(1)] = value
             else:  # Stripe rejects what it does not know, nested payload values included
-                _check(key in _FIELDS, f"Received unknown parameter: {key}", key)
+                check(key in _FIELDS, f"Received unknown parameter: {key}", key)
                 fields[key] = value
         return fields, payload
 
-    def _meter_list(self) -> list[dict[str, Any]]:
-        """Describe one `last` meter per event name seen, plus the default meter."""
-        with self._lock:
-            meters = dict(self._meters)
-        return [
-            {
-                "id": _stable_id("mtr", name),
-                "object": "billing.meter",
-                "event_name": name,
-                "display_name": name.replace("_", " ").capitalize(),
-                "default_aggregation": {"formula": "last"},
-                "customer_mapping": {"event_payload_key": self.customer_key, "type": "by_id"},
-                "value_settings": {"event_payload_key": self.value_key},
-                "status": "active",
-                "livemode": False,
-                "created": created,
-            }
-            for name, created in meters.items()
-        ]
 
-    def _summaries(self, meter_id: str, query: Mapping[str, str], url: str) -> dict[str, Any]:
-        """Aggregate one customer's events on a meter with the `last` formula, per window."""
-        meter = next((m for m in self._meter_list() if m["id"] == meter_id), None)
-        if meter is None:
-            message = f"No such billing meter: '{meter_id}'"
-            raise _Reply(404, message, "id", code="resource_missing")
-        customer = query.get("customer", "")
-        _check(bool(customer), "Missing required param: customer.", "customer")
-        start, end = _int_param(query, "start_time"), _int_param(query, "end_time")
-        for param, moment in (("start_time", start), ("end_time", end)):
-            _check(moment % 60 == 0, f"Invalid {param}: must be aligned with minutes.", param)
-        _check(start < end, "Invalid end_time: must be after start_time.", "end_time")
-        grouping = query.get("value_grouping_window")
-        size = _WINDOWS.get(grouping or "")
-        param = "value_grouping_window"
-        _check(grouping is None or size is not None, f"Invalid {param}: hour or day.", param)
-        # Stripe documents that grouped queries must start and end on window boundaries.
-        _check(
-            not size or (start % size == 0 and end % size == 0),
-            f"Invalid start_time/end_time: must align with {grouping} boundaries.",
-            "start_time",
-        )
-        latest: dict[int, ReceivedEvent] = {}
-        for event in self.events():  # arrival order, so ">=" lets a later arrival win a tie
-            if event.event_name != meter["event_name"] or event.customer != customer:
-                continue
-            if start <= event.timestamp < end:
-                window = event.timestamp - event.timestamp % size if size else start
-                if window not in latest or event.timestamp >= latest[window].timestamp:
-                    latest[window] = event
-        windows: list[tuple[int, int, ReceivedEvent | None]]
-        if size:  # only windows with events, newest first as Stripe lists them
-            windows = [(lo, lo + size, latest[lo]) for lo in sorted(latest, reverse=True)]
-        else:  # Stripe documents a single summary for the whole range, even an empty one
-            windows = [(start, end, latest.get(start))]
-        items = [
-            {
-                "id": _stable_id("mtrusg", meter_id, customer, lo, hi),
-                "object": "billing.meter_event_summary",
-                "aggregated_value": float(event.value) if event else 0.0,
-                "start_time": lo,
-                "end_time": hi,
-                "livemode": False,
-                "meter": meter_id,
-            }
-            for lo, hi, event in windows
-        ]
-        return _page(items, query, url)
+def _iso_now(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat()
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, *, rate_limit: float | None = None, latency: float = 0.0) -> None:
     """Run an emulator in the foreground until SIGINT or SIGTERM."""
     stop = threading.Event()
 
@@ -468,7 +465,8 @@ def serve(host: str, port: int) -> None:
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with StripeEmulator(host, port) as emulator:
+        with StripeEmulator(host, port, rate_limit=rate_limit) as emulator:
+            emulator.set_latency(latency)
             print(f"Stripe emulator listening on {emulator.base_url}", flush=True)
             while not stop.wait(0.5):  # a bare wait() is not reliably woken by a signal
                 pass

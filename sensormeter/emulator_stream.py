@@ -1,0 +1,120 @@
+"""The emulator's v2 meter event stream parts and its rate limit (used by emulator.py)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+SESSION_SECONDS = 15 * 60  # Stripe's meter event session tokens live 15 minutes.
+MAX_STREAM_EVENTS = 100  # events per v2 stream request
+
+
+class TokenBucket:
+    """A rate limit of ``rate`` events per second with one second of burst; None means none."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float | None) -> None:
+        """Change the limit (None or 0 turns it off) and refill the bucket."""
+        if rate is not None and rate < 0:
+            raise ValueError(f"rate limit must not be negative, got {rate}")
+        with self._lock:
+            self.rate = rate or None
+            self._tokens = float(self.rate or 0)
+            self._stamp = self._clock()
+
+    def take(self, count: int) -> bool:
+        """Take ``count`` tokens if they are there; False means answer 429."""
+        with self._lock:
+            if self.rate is None:
+                return True
+            now = self._clock()
+            self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens < count:
+                return False
+            self._tokens -= count
+            return True
+
+
+class SessionStore:
+    """Session tokens and their expiry, as POST /v2/billing/meter_event_session makes them."""
+
+    def __init__(self, clock: Callable[[], float], ttl: float = SESSION_SECONDS) -> None:
+        self._clock = clock
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._tokens: dict[str, float] = {}
+
+    def create(self) -> dict[str, Any]:
+        """A new session object, shaped like Stripe's ``v2.billing.meter_event_session``."""
+        now = self._clock()
+        token = "mes_tok_" + secrets.token_hex(16)
+        with self._lock:
+            self._tokens[token] = now + self.ttl
+        return {
+            "id": "mes_" + secrets.token_hex(8),
+            "object": "v2.billing.meter_event_session",
+            "authentication_token": token,
+            "created": _iso(now),
+            "expires_at": _iso(now + self.ttl),
+            "livemode": False,
+        }
+
+    def state(self, token: str) -> str:
+        """'valid', 'expired' or 'unknown' for a bearer token."""
+        with self._lock:
+            expires = self._tokens.get(token)
+        if expires is None:
+            return "unknown"
+        return "valid" if self._clock() < expires else "expired"
+
+    def clear(self) -> None:
+        """Forget every session."""
+        with self._lock:
+            self._tokens.clear()
+
+
+def _iso(moment: float) -> str:
+    return (
+        datetime.fromtimestamp(moment, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def parse_iso(value: object) -> int | None:
+    """Unix seconds from an ISO 8601 timestamp string (v2 events), or None when malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def parse_stream_body(body: bytes) -> list[dict[str, Any]] | str:
+    """The ``events`` list of a stream request, or a message saying what is wrong with it."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return "Request body is not valid JSON."
+    events = data.get("events") if isinstance(data, dict) else None
+    if not isinstance(events, list) or not events:
+        return "Missing required param: events."
+    if len(events) > MAX_STREAM_EVENTS:
+        return f"Invalid events: at most {MAX_STREAM_EVENTS} events per request."
+    if not all(isinstance(e, dict) for e in events):
+        return "Invalid events: each event must be an object."
+    return events

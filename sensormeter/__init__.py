@@ -21,7 +21,8 @@ from .jobs import (
     process_meter_report,
     report_all_sensor_counts,
 )
-from .meter import InMemoryMeterClient, MeterClient, MeterEvent, StripeMeterClient
+from .meter import MeterClient, MeterEvent
+from .meters import InMemoryMeterClient, StripeMeterClient, StripeStreamClient
 from .runtime import Runtime, get_runtime, set_runtime
 from .schedule import register_hourly_job
 from .settings import Settings
@@ -42,6 +43,7 @@ __all__ = [
     "ServiceUnavailable",
     "Settings",
     "StripeMeterClient",
+    "StripeStreamClient",
     "UsageSource",
     "enqueue_fanout",
     "enqueue_sensor_report",

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import peewee
 
@@ -142,26 +143,68 @@ def event_for(row: MeterReport) -> MeterEvent:
     )
 
 
-def record_attempt(row: MeterReport, result: SendResult, *, final_attempt: bool) -> str:
-    """Write one attempt's outcome to the row and return its new status."""
+def apply_attempt(row: MeterReport, result: SendResult, *, final_attempt: bool) -> str:
+    """Set one attempt's outcome on the row (not saved) and return its new status."""
     now = utcnow()
     row.attempts = int(row.attempts) + 1
     row.updated_at = now
     if result.outcome.delivered:
+        # A sent row keeps the last error it met on the way: it explains its attempt count.
         row.status = MeterReport.SENT
         row.sent_at = now
-        if result.outcome is Outcome.DUPLICATE:
-            row.last_error = None
     elif result.outcome is Outcome.REJECTED:
         row.status = MeterReport.REJECTED
     else:
         row.status = MeterReport.FAILED if final_attempt else MeterReport.PENDING
-    if result.error and result.outcome is not Outcome.DUPLICATE:
+    if result.error and not result.outcome.delivered:
         row.last_error = result.error[:_ERROR_LIMIT]
     if result.request_id:
         row.stripe_request_id = result.request_id
-    row.save()
     return str(row.status)
+
+
+_UPDATE_BATCH = 500
+
+
+def record_attempts(
+    database: peewee.Database,
+    rows: Sequence[MeterReport],
+    results: Sequence[SendResult],
+    *,
+    final_attempt: bool,
+) -> list[str]:
+    """Write a batch of attempts in one transaction.
+
+    Delivered rows (nearly all of them) share one UPDATE per 500 rows; rows that failed carry
+    their own error and are saved one by one.
+    """
+    statuses = [
+        apply_attempt(row, result, final_attempt=final_attempt)
+        for row, result in zip(rows, results, strict=True)
+    ]
+    sent = [row for row in rows if row.status == MeterReport.SENT]
+    others = [row for row in rows if row.status != MeterReport.SENT]
+    with database.atomic():
+        for start in range(0, len(sent), _UPDATE_BATCH):
+            batch = sent[start : start + _UPDATE_BATCH]
+            request_ids = [(r.id, r.stripe_request_id) for r in batch if r.stripe_request_id]
+            request_id: Any = (
+                peewee.Case(MeterReport.id, request_ids, MeterReport.stripe_request_id)
+                if request_ids
+                else MeterReport.stripe_request_id
+            )
+            MeterReport.update(
+                {
+                    MeterReport.status: MeterReport.SENT,
+                    MeterReport.sent_at: batch[0].sent_at,
+                    MeterReport.updated_at: batch[0].updated_at,
+                    MeterReport.attempts: MeterReport.attempts + 1,
+                    MeterReport.stripe_request_id: request_id,
+                }
+            ).where(MeterReport.id.in_([r.id for r in batch])).execute()
+        for row in others:
+            row.save()
+    return statuses
 
 
 def summary() -> dict[str, int]:

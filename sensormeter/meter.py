@@ -7,14 +7,14 @@ rejected (permanent) or retryable; retrying itself happens in one place too (the
 from __future__ import annotations
 
 import enum
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import stripe
 
 from .errors import ConfigurationError
-from .settings import Settings
+from .settings import STRIPE_BASES, Settings
 
 DUPLICATE_MESSAGE_PREFIX = "An event already exists with identifier"
 
@@ -55,10 +55,14 @@ class SendResult:
 
 
 class MeterClient(Protocol):
-    """Anything that can send one meter event and say how it went, never raising for Stripe."""
+    """Anything that sends meter events and says how each went, never raising for Stripe."""
 
     def send(self, event: MeterEvent) -> SendResult:
         """Send one event; classify any failure instead of raising."""
+        ...
+
+    def send_many(self, events: Sequence[MeterEvent]) -> list[SendResult]:
+        """Send several events (concurrently where the transport can); results in order."""
         ...
 
 
@@ -77,72 +81,41 @@ def classify_error(exc: stripe.StripeError) -> SendResult:
     return SendResult(Outcome.RETRYABLE, f"{kind}: {message}", request_id, status)
 
 
-def _is_stripe_host(base: str | None) -> bool:
-    return base is None or base.rstrip("/") in (
-        "https://api.stripe.com",
-        "https://meter-events.stripe.com",
-    )
+def rounds_by_customer(events: Sequence[MeterEvent]) -> list[list[int]]:
+    """Split event positions into rounds where no customer appears twice.
+
+    Stripe allows one concurrent call per customer and meter, and a `last` meter must see a
+    customer's events in order; a round is sent concurrently, rounds one after another.
+    """
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for position, event in enumerate(events):
+        index = seen.get(event.customer, -1) + 1
+        seen[event.customer] = index
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(position)
+    return rounds
 
 
-class StripeMeterClient:
-    """The real client: ``stripe.StripeClient`` over HTTP (Stripe, or the emulator)."""
+def is_stripe_host(base: str | None) -> bool:
+    """True for Stripe's own addresses (or no override at all)."""
+    return base is None or base.rstrip("/") in STRIPE_BASES
 
-    def __init__(self, settings: Settings) -> None:
-        key = settings.require_stripe_key()
-        if "_live_" in key and not _is_stripe_host(settings.stripe_api_base):
-            raise ConfigurationError(
-                "STRIPE_API_KEY",
-                "a live key is refused when STRIPE_API_BASE is not Stripe's address",
-            )
-        base = settings.stripe_api_base.rstrip("/") if settings.stripe_api_base else None
-        self.customer_key = settings.customer_payload_key
-        self.value_key = settings.value_payload_key
-        self.client = stripe.StripeClient(
-            key,
-            base_addresses={"api": base, "meter_events": base} if base else None,
-            # Retries happen in one place, the RQ job, so a retried attempt is counted and logged.
-            max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
+
+def make_stripe_client(settings: Settings) -> stripe.StripeClient:
+    """A StripeClient for the settings; refuses a live key aimed anywhere but Stripe."""
+    key = settings.require_stripe_key()
+    if "_live_" in key and not is_stripe_host(settings.stripe_api_base):
+        raise ConfigurationError(
+            "STRIPE_API_KEY",
+            "a live key is refused when STRIPE_API_BASE is not Stripe's address",
         )
-
-    def send(self, event: MeterEvent) -> SendResult:
-        """POST /v1/billing/meter_events with the event's identifier and timestamp."""
-        try:
-            created = self.client.v1.billing.meter_events.create(
-                params={
-                    "event_name": event.event_name,
-                    "identifier": event.identifier,
-                    "timestamp": event.timestamp,
-                    "payload": {
-                        self.customer_key: event.customer,
-                        self.value_key: str(event.value),
-                    },
-                }
-            )
-        except stripe.StripeError as exc:
-            return classify_error(exc)
-        response = getattr(created, "last_response", None)
-        return SendResult(Outcome.DELIVERED, request_id=getattr(response, "request_id", None))
-
-
-class InMemoryMeterClient:
-    """A twin of Stripe for fast tests: dedupes identifiers and plays scripted outcomes."""
-
-    def __init__(self) -> None:
-        self.events: list[MeterEvent] = []
-        self.attempts: list[MeterEvent] = []
-        self.script: list[SendResult] = []
-        self._lock = threading.Lock()
-
-    def send(self, event: MeterEvent) -> SendResult:
-        """Record the attempt; play the next scripted failure, else accept or flag a duplicate."""
-        with self._lock:
-            self.attempts.append(event)
-            if self.script:
-                return self.script.pop(0)
-            if any(e.identifier == event.identifier for e in self.events):
-                return SendResult(
-                    Outcome.DUPLICATE, f"{DUPLICATE_MESSAGE_PREFIX} {event.identifier}.", None, 400
-                )
-            self.events.append(event)
-            return SendResult(Outcome.DELIVERED)
+    base = settings.stripe_api_base.rstrip("/") if settings.stripe_api_base else None
+    return stripe.StripeClient(
+        key,
+        base_addresses={"api": base, "meter_events": base} if base else None,
+        # Retries happen in one place, the RQ job, so a retried attempt is counted and logged.
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
+    )

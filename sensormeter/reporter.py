@@ -141,13 +141,17 @@ class Reporter:
         rows, result = self.prepare(database, organization_ids, hour, request_id, job_id)
         for org, reason in result.skipped.items():
             log.info("report.skipped", organization_id=org, reason=reason, job_id=job_id)
+        to_send: list[MeterReport] = []
         for org, row in rows.items():
             result.values[org] = int(row.value)
-            if row.status not in _SENDABLE:
+            if row.status in _SENDABLE:
+                to_send.append(row)
+            else:
                 result.outcomes[org] = str(row.status)  # Done by an earlier run: nothing to send.
-                continue
-            attempt = self.meter.send(ledger.event_for(row))
-            status = ledger.record_attempt(row, attempt, final_attempt=final_attempt)
+        attempts = self.meter.send_many([ledger.event_for(row) for row in to_send])
+        statuses = ledger.record_attempts(database, to_send, attempts, final_attempt=final_attempt)
+        for row, attempt, status in zip(to_send, attempts, statuses, strict=True):
+            org = row.organization_id
             result.outcomes[org] = status
             if attempt.error and not attempt.outcome.delivered:
                 result.errors[org] = attempt.error

@@ -16,7 +16,8 @@ import peewee
 import redis
 
 from .errors import ServiceUnavailable
-from .meter import MeterClient, StripeMeterClient
+from .meter import MeterClient
+from .meters import make_meter_client
 from .models import open_database
 from .settings import Settings, redact_url
 from .usage import UsageSource, load_usage_source
@@ -58,7 +59,7 @@ class Runtime:
             database=database,
             redis=connection,
             source=load_usage_source(settings, database),
-            meter=meter if meter is not None else StripeMeterClient(settings),
+            meter=meter if meter is not None else make_meter_client(settings, connection),
         )
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ SUBSCRIPTION_STATUSES = frozenset(
         "paused",
     }
 )
+STRIPE_BASES = ("https://api.stripe.com", "https://meter-events.stripe.com")
 # Stripe spells it "trialing"; host schemas seeded before that often say "trial".
 STATUS_ALIASES = {"trial": "trialing"}
 
@@ -71,6 +72,9 @@ class Settings:
     value_payload_key: str = "value"
     usage_source: str | None = None
     job_timeout_seconds: int = 300
+    transport: str = "v1"
+    max_in_flight: int = 8
+    rate_limit: float | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -119,6 +123,27 @@ class Settings:
     def retry_intervals(self) -> list[float]:
         """Exponential backoff between job attempts: base, 2*base, 4*base, ..."""
         return [self.retry_backoff_seconds * (2**i) for i in range(self.max_retries)]
+
+    @property
+    def stripe_mode(self) -> str:
+        """'live' or 'test', from the key ('test' when no key is set)."""
+        return "live" if self.stripe_api_key and "_live_" in self.stripe_api_key else "test"
+
+    def effective_rate_limit(self) -> float | None:
+        """Meter events per second for the shared client-side limit; None means no limit.
+
+        Unset, it fits the key: 90% of Stripe's ceiling (live: 1,000/s on v1, 10,000/s taken
+        as events on the v2 stream; test mode: 25 operations/s), and no limit when
+        STRIPE_API_BASE points elsewhere than Stripe (the emulator sets its own).
+        """
+        if self.rate_limit is not None:
+            return self.rate_limit or None
+        base = self.stripe_api_base
+        if base is not None and base.rstrip("/") not in STRIPE_BASES:
+            return None
+        if self.stripe_mode == "test":
+            return 22.0
+        return 9000.0 if self.transport == "v2" else 900.0
 
     def require_stripe_key(self) -> str:
         """Return the Stripe key, or raise ConfigurationError when it is missing."""
@@ -187,6 +212,9 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_VALUE_PAYLOAD_KEY": ("value_payload_key", _text),
     "SENSORMETER_USAGE_SOURCE": ("usage_source", _text),
     "SENSORMETER_JOB_TIMEOUT_SECONDS": ("job_timeout_seconds", _integer),
+    "SENSORMETER_TRANSPORT": ("transport", _text),
+    "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _integer),
+    "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
 
@@ -241,5 +269,11 @@ def _validate(s: Settings) -> None:
             fail(attribute, "must be 1-100 letters, digits or '_'")
     if s.usage_source is not None and not _USAGE_SOURCE.match(s.usage_source):
         fail("usage_source", f"{s.usage_source!r} must look like 'package.module:factory'")
+    if s.transport not in ("v1", "v2"):
+        fail("transport", f"{s.transport!r} must be v1 (meter events) or v2 (meter event stream)")
+    if not 1 <= s.max_in_flight <= 256:
+        fail("max_in_flight", f"{s.max_in_flight} is out of range (1 to 256)")
+    if s.rate_limit is not None and not 0 <= s.rate_limit <= 1_000_000:
+        fail("rate_limit", f"{s.rate_limit} is out of range (0 to 1000000 events/s; 0 = off)")
     if not 10 <= s.job_timeout_seconds <= 3600:
         fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")

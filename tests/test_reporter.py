@@ -9,7 +9,8 @@ import pytest
 
 from sensormeter import ledger
 from sensormeter.errors import ReportsFailed, RetryableReportError
-from sensormeter.meter import InMemoryMeterClient, Outcome, SendResult
+from sensormeter.meter import Outcome, SendResult
+from sensormeter.meters import InMemoryMeterClient
 from sensormeter.models import MeterReport, Sensor
 from sensormeter.reporter import Reporter
 from sensormeter.settings import Settings

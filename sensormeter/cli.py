@@ -46,7 +46,7 @@ def friendly_errors(func: F) -> F:
 def load_settings() -> Settings:
     """Read and validate the environment; configure structlog for this process."""
     settings = Settings.from_env()
-    configure_logging()
+    configure_logging(settings.log_level)
     return settings
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import resource
+import time
 import uuid
 from typing import Any
 
@@ -158,6 +160,9 @@ def process_meter_report(
         )
         raise
     outcome = "retrying" if result.retryable else "failed" if result.failed else "completed"
+    summary = result.as_dict()
+    # ru_maxrss is in KiB on Linux: the peak of this process (the work-horse) so far.
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     log_method = log.info if outcome == "completed" else log.warning
     log_method(
         f"job.{outcome}",
@@ -165,11 +170,14 @@ def process_meter_report(
         organizations=orgs,
         hour=hour,
         values=result.values,
-        outcomes=result.as_dict()["counts"],
+        outcomes=summary["counts"],
         skipped=result.skipped,
+        send_seconds=summary["send_seconds"],
+        db_seconds=summary["db_seconds"],
+        peak_rss_mb=summary["peak_rss_mb"],
     )
     result.raise_for_retry()
-    return result.as_dict()
+    return summary
 
 
 def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
@@ -190,8 +198,15 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
             pipe.execute()
         batch.clear()
 
+    db_seconds = 0.0
+    chunks_iter = iter_billable_chunks(runtime.source, settings.chunk_size)
     with runtime.database.connection_context():
-        for chunk in iter_billable_chunks(runtime.source, settings.chunk_size):
+        while True:
+            reading = time.perf_counter()
+            chunk = next(chunks_iter, None)
+            db_seconds += time.perf_counter() - reading
+            if chunk is None:
+                break
             batch.append(
                 Queue.prepare_data(
                     process_meter_report,
@@ -208,8 +223,20 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
                 flush()
     if batch:
         flush()
-    log.info("fanout.completed", hour=label, organizations=organizations, chunks=chunks)
-    return {"hour": label, "organizations": organizations, "chunks": chunks}
+    db_seconds = round(db_seconds, 4)
+    log.info(
+        "fanout.completed",
+        hour=label,
+        organizations=organizations,
+        chunks=chunks,
+        db_seconds=db_seconds,
+    )
+    return {
+        "hour": label,
+        "organizations": organizations,
+        "chunks": chunks,
+        "db_seconds": db_seconds,
+    }
 
 
 def enqueue_fanout(settings: Settings, connection: redis.Redis, hour: str | None = None) -> str:

@@ -75,6 +75,7 @@ class Settings:
     transport: str = "v1"
     max_in_flight: int = 8
     rate_limit: float | None = None
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -215,6 +216,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_TRANSPORT": ("transport", _text),
     "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _integer),
     "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
+    "SENSORMETER_LOG_LEVEL": ("log_level", str.upper),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
 
@@ -275,5 +277,7 @@ def _validate(s: Settings) -> None:
         fail("max_in_flight", f"{s.max_in_flight} is out of range (1 to 256)")
     if s.rate_limit is not None and not 0 <= s.rate_limit <= 1_000_000:
         fail("rate_limit", f"{s.rate_limit} is out of range (0 to 1000000 events/s; 0 = off)")
+    if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail("log_level", f"{s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
     if not 10 <= s.job_timeout_seconds <= 3600:
         fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")

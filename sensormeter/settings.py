@@ -76,6 +76,7 @@ class Settings:
     max_in_flight: int = 8
     rate_limit: float | None = None
     log_level: str = "INFO"
+    https_proxy: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -217,6 +218,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _integer),
     "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
     "SENSORMETER_LOG_LEVEL": ("log_level", str.upper),
+    "HTTPS_PROXY": ("https_proxy", _text),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
 

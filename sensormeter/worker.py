@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 
 import redis
@@ -55,21 +56,45 @@ def run_pool(settings: Settings, connection: redis.Redis, workers: int, burst: b
     pool.start(burst=burst)
 
 
+def _burst_worker(settings: Settings, index: int) -> None:
+    """One burst worker process: work until nothing is queued, running or waiting to retry."""
+    from .runtime import make_redis
+
+    connection = make_redis(settings.redis_url)
+    queue = make_queue(settings, connection)
+    worker = HerokuWorker(
+        [queue], connection=connection, serializer=JSONSerializer, job_class=JSONJob
+    )
+    while True:
+        worker.work(burst=True, with_scheduler=False)
+        queued, scheduled = pending_work(queue)
+        running = StartedJobRegistry(queue=queue).count
+        if not queued and not scheduled and not running:
+            return
+        if index == 0:
+            # Retries wait in the scheduled registry; one process moves the due ones.
+            enqueue_due_retries(queue)
+        time.sleep(0.2)
+
+
 def run_workers(settings: Settings, connection: redis.Redis, workers: int, burst: bool) -> None:
-    """Run the pool; with ``burst``, return only when nothing is queued or waiting for a retry."""
+    """Run the pool; with ``burst``, return only when nothing is queued or waiting for a retry.
+
+    RQ's own burst mode stops a worker as soon as the queue is empty, so four of five workers
+    would quit while the fan-out job is still queueing chunks. Here each burst worker goes on
+    while any job is queued, running or waiting for its retry.
+    """
     if not burst:
         run_pool(settings, connection, workers, burst=False)
         return
-    queue = make_queue(settings, connection)
-    while True:
-        if queue.count:
-            run_pool(settings, connection, workers, burst=True)
-        queued, scheduled = pending_work(queue)
-        if not queued and not scheduled:
-            break
-        if not queued:
-            # Retries wait in the scheduled registry; move the due ones ourselves.
-            time.sleep(0.2)
-            enqueue_due_retries(queue)
-    started = StartedJobRegistry(queue=queue).count
-    log.info("worker.burst_done", queue=settings.queue_name, still_running_elsewhere=started)
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=_burst_worker, args=(settings, i), name=f"sensormeter-burst-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    failed = [p.name for p in processes if p.exitcode != 0]
+    log.info("worker.burst_done", queue=settings.queue_name, failed_processes=failed)

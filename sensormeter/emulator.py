@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -69,6 +71,16 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the body waits for the client's
     # delayed ACK (40 ms on Linux) and every call looks slow.
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        """Register the connection, so stop() can close kept-alive ones."""
+        super().setup()
+        self.emulator._connections.add(self.connection)
+
+    def finish(self) -> None:
+        """Forget the connection."""
+        self.emulator._connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay silent: a line per request would drown test and CLI output."""
@@ -133,6 +145,7 @@ class StripeEmulator:
         self._bucket = TokenBucket(rate_limit)
         self._sessions = SessionStore(clock, session_ttl)
         self._error_reports: list[dict[str, Any]] = []
+        self._connections: set[socket.socket] = set()
 
     def start(self) -> StripeEmulator:
         """Bind the port and serve in a daemon thread; returns self."""
@@ -156,6 +169,10 @@ class StripeEmulator:
         self._stopping.set()  # wake handlers sleeping in injected latency
         self._server.shutdown()
         self._server.server_close()
+        # Kept-alive connections would otherwise go on being served by a stopped emulator.
+        for connection in list(self._connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._thread.join()
         self._server = self._thread = None
 

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import requests
-import requests.adapters
 import stripe
 
 from .errors import ConfigurationError
@@ -114,23 +112,21 @@ def make_stripe_client(settings: Settings) -> stripe.StripeClient:
             "a live key is refused when STRIPE_API_BASE is not Stripe's address",
         )
     base = settings.stripe_api_base.rstrip("/") if settings.stripe_api_base else None
-    # One session for every sending thread, with a pool as large as the calls in flight.
-    # trust_env=False: requests would otherwise re-read the proxy variables on every call,
-    # a large share of the client's CPU per event; the proxy comes from Settings instead.
-    session = requests.Session()
-    session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_maxsize=settings.max_in_flight + 2)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     return stripe.StripeClient(
         key,
         base_addresses={"api": base, "meter_events": base} if base else None,
         # Retries happen in one place, the RQ job, so a retried attempt is counted and logged.
         max_network_retries=0,
-        proxy=settings.https_proxy,
-        http_client=stripe.RequestsClient(
-            timeout=settings.stripe_timeout_seconds,
-            session=session,
-            proxy=settings.https_proxy,
-        ),
+        http_client=_http_client(settings),
     )
+
+
+def _http_client(settings: Settings) -> stripe.HTTPClient:
+    if settings.https_proxy:
+        # Through a proxy, stripe-python's requests-based client (it speaks CONNECT).
+        return stripe.RequestsClient(
+            timeout=settings.stripe_timeout_seconds, proxy=settings.https_proxy
+        )
+    from .meters.http import KeepAliveClient
+
+    return KeepAliveClient(settings.stripe_timeout_seconds)

@@ -38,7 +38,8 @@ def friendly_errors(func: F) -> F:
             _fail(f"cannot reach Redis: {exc}")
         except peewee.DatabaseError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _fail(f"database error: {first} (did you run 'sensormeter init-db'?)")
+            hint = "" if "init-db" in sys.argv else " (did you run 'sensormeter init-db'?)"
+            _fail(f"database error: {first}{hint}")
 
     return wrapper  # type: ignore[return-value]
 

@@ -12,7 +12,7 @@ import structlog
 
 # Stripe keys and the password part of URLs (redis://:pw@host, postgresql://u:pw@host).
 _SECRET_PATTERNS = [
-    (re.compile(r"\b(sk|rk|pk)_(live|test)_[A-Za-z0-9]+"), r"\1_\2_***"),
+    (re.compile(r"\b(sk|rk|pk)_(live|test)_[A-Za-z0-9_]+"), r"\1_\2_***"),
     (
         re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"),
         r"\g<scheme>\g<user>:***@",
@@ -46,15 +46,6 @@ def scrub_secrets(
     return event_dict
 
 
-class _ScrubbingFilter(logging.Filter):
-    """Scrub secrets from stdlib records too (RQ logs job descriptions and exceptions)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
-        record.args = None
-        return True
-
-
 def configure_logging(
     level: str = "INFO", stream: TextIO | None = None, json: bool | None = None
 ) -> None:
@@ -77,12 +68,28 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    # Records from the standard library (RQ, rq-scheduler, peewee) go through the same
+    # scrubbing and renderer, so a worker's stderr is all JSON off a terminal.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            scrub_secrets,
+            renderer,
+        ],
+    )
     root = logging.getLogger()
-    if not any(isinstance(f, _ScrubbingFilter) for h in root.handlers for f in h.filters):
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        handler.addFilter(_ScrubbingFilter())
-        root.addHandler(handler)
+    for old in [h for h in root.handlers if getattr(h, "_sensormeter", False)]:
+        root.removeHandler(old)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler._sensormeter = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(level)
     # stripe-python logs every request at INFO; our own "report" line already says what matters.
     logging.getLogger("stripe").setLevel(max(logging.WARNING, root.level))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import time
 
 import redis
@@ -67,6 +69,8 @@ def _burst_worker(settings: Settings, index: int) -> None:
     )
     while True:
         worker.work(burst=True, with_scheduler=False)
+        if worker._stop_requested:  # SIGTERM/SIGINT: stop, do not take more work
+            return
         queued, scheduled = pending_work(queue)
         running = StartedJobRegistry(queue=queue).count
         if not queued and not scheduled and not running:
@@ -94,7 +98,19 @@ def run_workers(settings: Settings, connection: redis.Redis, workers: int, burst
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join()
+
+    def forward(signum: int, _frame: object) -> None:
+        # The children are HerokuWorkers: SIGTERM lets a running job finish or be retried.
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     failed = [p.name for p in processes if p.exitcode != 0]
     log.info("worker.burst_done", queue=settings.queue_name, failed_processes=failed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import json
 import os
 import socket
@@ -138,6 +139,18 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (from /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_workers(settings: Settings, workers: int) -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -228,10 +241,13 @@ def main() -> None:
         report["sensors"] = int(db.execute_sql("SELECT COUNT(*) FROM sensors").fetchone()[0])
         db.close()
 
+        emulator_cpu, workers_cpu = cpu_seconds(emulator.pid), children_cpu()
         started = time.perf_counter()
         enqueue_fanout(settings, connection)
         run_workers(settings, args.workers)
         batched = time.perf_counter() - started
+        emulator_cpu = cpu_seconds(emulator.pid) - emulator_cpu
+        workers_cpu = children_cpu() - workers_cpu
         results = job_results(settings, connection)
         fanout = next(r for r in results if "chunks" in r)
         chunks = [r for r in results if "send_seconds" in r]
@@ -248,6 +264,10 @@ def main() -> None:
             chunk_db_seconds_total=round(sum(r["db_seconds"] for r in chunks), 1),
             chunk_send_seconds_total=round(sum(r["send_seconds"] for r in chunks), 1),
             worker_peak_rss_mb=max((r["peak_rss_mb"] for r in chunks), default=None),
+            workers_cpu_seconds=round(workers_cpu, 1),
+            emulator_cpu_seconds=round(emulator_cpu, 1),
+            cpu_ms_per_org_workers=round(workers_cpu / args.orgs * 1000, 3),
+            cpu_ms_per_org_emulator=round(emulator_cpu / args.orgs * 1000, 3),
         )
 
         if args.per_org_sample:

@@ -12,7 +12,7 @@ import structlog
 
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
-from .ledger import NewReport
+from .ledger import LedgerRow, NewReport
 from .meter import MeterClient
 from .models import MeterReport, utcnow
 from .usage import UsageSource
@@ -96,7 +96,7 @@ class Reporter:
         hour: str | None,
         request_id: str | None,
         job_id: str | None,
-    ) -> tuple[dict[str, MeterReport], ChunkResult]:
+    ) -> tuple[dict[str, LedgerRow], ChunkResult]:
         """Create pending rows for organizations not yet in the ledger; return all their rows."""
         result = ChunkResult()
         identifiers = self.identifiers(organization_ids, hour, request_id)
@@ -148,7 +148,7 @@ class Reporter:
         rows, result = self.prepare(database, organization_ids, hour, request_id, job_id)
         for org, reason in result.skipped.items():
             log.info("report.skipped", organization_id=org, reason=reason, job_id=job_id)
-        to_send: list[MeterReport] = []
+        to_send: list[LedgerRow] = []
         for org, row in rows.items():
             result.values[org] = int(row.value)
             if row.status in _SENDABLE:

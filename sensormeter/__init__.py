@@ -23,7 +23,7 @@ from .jobs import (
 )
 from .meter import MeterClient, MeterEvent
 from .meters import InMemoryMeterClient, StripeMeterClient, StripeStreamClient
-from .runtime import Runtime, get_runtime, set_runtime
+from .runtime import Runtime, get_runtime, make_redis, set_runtime
 from .schedule import register_hourly_job
 from .settings import Settings
 from .usage import DatabaseUsageSource, InMemoryUsageSource, UsageSource
@@ -48,6 +48,7 @@ __all__ = [
     "enqueue_fanout",
     "enqueue_sensor_report",
     "get_runtime",
+    "make_redis",
     "make_queue",
     "process_meter_report",
     "register_hourly_job",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -158,6 +159,8 @@ def scheduler(burst: bool, interval: int) -> None:
     from .schedule import make_scheduler, register_hourly_job, scheduled_run_time, use_utc_clock
 
     use_utc_clock()
+    # rq-scheduler's crontab dependency warns about its own future defaults on every start.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="rq_scheduler")
     settings = load_settings()
     connection = connect_redis(settings)
     sched = make_scheduler(settings.queue_name, connection, interval=interval)

@@ -24,6 +24,7 @@ DEMO_ORGANIZATIONS = [
 ]
 DEMO_QUEUE = "sensormeter-demo"
 LOG_FILE = "sensormeter-demo.log"
+DEMO_DATABASE = "sqlite:///sensormeter-demo.db"
 
 
 def seed(database: object) -> None:
@@ -55,9 +56,9 @@ def seed(database: object) -> None:
 
 def demo_settings(base: Settings, emulator_url: str) -> Settings:
     """The demo's settings: the bundled emulator, a test key and a queue of its own."""
-    database_url = base.database_url
-    if "DATABASE_URL" not in os.environ:
-        database_url = "sqlite:///sensormeter-demo.db"
+    # Always a file of its own: the demo deletes and re-seeds its organizations, which must
+    # never happen in a database that DATABASE_URL points at.
+    database_url = DEMO_DATABASE
     return base.with_overrides(
         stripe_api_base=emulator_url,
         stripe_api_key="sk_test_sensormeter_demo",

@@ -15,11 +15,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from . import ledger
-from .errors import SensormeterError
+from .errors import InvalidOrganizationId, SensormeterError, ServiceUnavailable
 from .models import utcnow
 from .reporter import Reporter
 from .runtime import get_runtime, make_redis
-from .settings import Settings
+from .settings import Settings, redact_url
 from .usage import iter_billable_chunks
 
 log = structlog.get_logger("sensormeter.jobs")
@@ -87,12 +87,22 @@ def enqueue_sensor_report(
     Raises:
         InvalidOrganizationId: the id is empty or malformed (nothing is queued).
         ConfigurationError: a setting in the environment is invalid (when ``settings`` is None).
+        ServiceUnavailable: Redis did not answer (nothing is queued).
     """
     org = ledger.validate_organization_id(organization_id)
     settings = settings if settings is not None else Settings.from_env()
     connection = connection if connection is not None else make_redis(settings.redis_url)
     request_id = uuid.uuid4().hex
     job_id = f"report-{request_id}"
+    try:
+        return _enqueue_report(settings, connection, org, request_id, job_id)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable("Redis", redact_url(settings.redis_url), str(exc)) from None
+
+
+def _enqueue_report(
+    settings: Settings, connection: redis.Redis, org: str, request_id: str, job_id: str
+) -> str:
     key = waiting_key(settings, org)
     if not connection.set(key, job_id, nx=True, ex=COALESCE_SECONDS):
         existing = connection.get(key)
@@ -125,11 +135,15 @@ def process_meter_report(
         hour: ``YYYY-MM-DDTHH`` for the hourly report of that UTC hour.
         request_id: for an on-demand report, the id fixed when it was queued.
     """
-    runtime = get_runtime()
-    settings = runtime.settings
     job = get_current_job()
     job_id = job.id if job is not None else None
-    orgs = [ledger.validate_organization_id(o) for o in organization_ids]
+    try:
+        runtime = get_runtime()
+    except BaseException as exc:
+        log.error("job.failed", job_id=job_id, organizations=organization_ids, error=str(exc))
+        raise
+    settings = runtime.settings
+    orgs = _valid_ids(organization_ids, job_id)
     if request_id is not None and job_id is not None:
         for org in orgs:
             runtime.redis.eval(_RELEASE, 1, waiting_key(settings, org), job_id)
@@ -178,6 +192,18 @@ def process_meter_report(
     )
     result.raise_for_retry()
     return summary
+
+
+def _valid_ids(organization_ids: list[str], job_id: str | None) -> list[str]:
+    """The well-formed ids; a malformed one (from a host's source) is logged, not fatal."""
+    valid = []
+    for org in organization_ids:
+        try:
+            valid.append(ledger.validate_organization_id(org))
+        except InvalidOrganizationId as exc:
+            # Failing the job would fail every other organization of the chunk, every retry.
+            log.error("report.skipped", organization_id=repr(org), reason=str(exc), job_id=job_id)
+    return valid
 
 
 def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:

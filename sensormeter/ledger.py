@@ -184,7 +184,7 @@ def create_pending(
     # Straight to the driver: peewee builds a large multi-row INSERT value by value, which
     # cost more CPU than everything else in a chunk job (see docs/performance.md).
     with database.atomic():
-        cursor: Any = database.cursor()  # type: ignore[no-untyped-call]
+        cursor: Any = database.cursor()
         if isinstance(database, peewee.PostgresqlDatabase):
             from psycopg2.extras import execute_values
 

@@ -25,7 +25,8 @@ class Organization(BaseModel):
     """A customer organization of the host application."""
 
     id = peewee.TextField(primary_key=True)
-    name = peewee.TextField(default="")
+    # Defaults in the table too, not only in Python: hosts insert rows with plain SQL.
+    name = peewee.TextField(default="", constraints=[peewee.SQL("DEFAULT ''")])
 
     class Meta:
         table_name = "organizations"
@@ -40,7 +41,9 @@ class Subscription(BaseModel):
     )
     stripe_customer_id = peewee.TextField(null=True)
     stripe_subscription_id = peewee.TextField(null=True)
-    status = peewee.TextField(default="incomplete")
+    status = peewee.TextField(
+        default="incomplete", constraints=[peewee.SQL("DEFAULT 'incomplete'")]
+    )
     current_period_start = peewee.DateTimeField(null=True)
     current_period_end = peewee.DateTimeField(null=True)
 
@@ -56,8 +59,11 @@ class Sensor(BaseModel):
     organization = peewee.ForeignKeyField(
         Organization, column_name="organization_id", backref="sensors", on_delete="CASCADE"
     )
-    is_active = peewee.BooleanField(default=True)
-    created_at = peewee.DateTimeField(default=utcnow)
+    is_active = peewee.BooleanField(default=True, constraints=[peewee.SQL("DEFAULT TRUE")])
+    # CURRENT_TIMESTAMP is UTC in SQLite; create_tables makes PostgreSQL's UTC too.
+    created_at = peewee.DateTimeField(
+        default=utcnow, constraints=[peewee.SQL("DEFAULT CURRENT_TIMESTAMP")]
+    )
     deleted_at = peewee.DateTimeField(null=True)
 
     class Meta:
@@ -160,4 +166,9 @@ def create_tables(database: peewee.Database) -> list[str]:
     existing = set(database.get_tables())
     with database.atomic():
         database.create_tables(MODELS, safe=True)
+        if isinstance(database, peewee.PostgresqlDatabase) and "sensors" not in existing:
+            # CURRENT_TIMESTAMP would be converted to the session's time zone here.
+            database.execute_sql(
+                "ALTER TABLE sensors ALTER COLUMN created_at SET DEFAULT (now() AT TIME ZONE 'utc')"
+            )
     return [m._meta.table_name for m in MODELS if m._meta.table_name not in existing]

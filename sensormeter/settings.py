@@ -94,7 +94,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; raise ConfigurationError naming a bad one."""
-        env = os.environ if environ is None else environ
+        env = dict(os.environ if environ is None else environ)
+        # Proxies are conventionally spelled in either case.
+        env.setdefault("HTTPS_PROXY", env.get("https_proxy", ""))
         values: dict[str, Any] = {}
         for variable, (attribute, parse) in _VARIABLES.items():
             raw = env.get(variable)

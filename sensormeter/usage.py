@@ -1,7 +1,7 @@
 """Where billable organizations and their active-sensor counts come from.
 
 The default source reads sensormeter's own tables. A host with its own schema implements
-:class:`UsageSource` (three bulk methods) and names a factory in ``SENSORMETER_USAGE_SOURCE``.
+:class:`UsageSource` (four methods) and names a factory in ``SENSORMETER_USAGE_SOURCE``.
 """
 
 from __future__ import annotations

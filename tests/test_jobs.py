@@ -177,3 +177,15 @@ class TestSchedule:
         assert 0 < (when - datetime.now(UTC)).total_seconds() <= 3600
         assert jobs[0].func_name == "sensormeter.jobs.report_all_sensor_counts"
         assert jobs[0].origin == TEST_QUEUE
+
+
+def test_malformed_id_in_a_chunk_spares_the_others(
+    runtime: Runtime, emulator: StripeEmulator
+) -> None:
+    """A bad id from a host's source is skipped and logged; the chunk's other reports go out."""
+    from sensormeter import process_meter_report
+
+    make_org("good", active=2)
+    result = process_meter_report(["good", "bad id"], hour="2026-11-29T04")
+    assert result["outcomes"] == {"good": "sent"}
+    assert [e.customer for e in emulator.events()] == ["cus_good"]

@@ -133,3 +133,23 @@ class TestHostSource:
         settings = Settings.from_env({"SENSORMETER_USAGE_SOURCE": path})
         with pytest.raises(ConfigurationError, match="SENSORMETER_USAGE_SOURCE"):
             load_usage_source(settings, peewee.Proxy())
+
+
+class TestHostInserts:
+    def test_rows_with_only_the_documented_columns(self, database: peewee.Database) -> None:
+        """A host inserting with plain SQL and only the documented columns gets the defaults."""
+        database.execute_sql("INSERT INTO organizations (id) VALUES ('plain')")
+        database.execute_sql(
+            "INSERT INTO subscriptions (organization_id, stripe_customer_id, status) "
+            "VALUES ('plain', 'cus_plain', 'active')"
+        )
+        for _ in range(3):
+            database.execute_sql("INSERT INTO sensors (organization_id) VALUES ('plain')")
+        database.execute_sql(
+            "INSERT INTO sensors (organization_id, deleted_at) VALUES ('plain', '2026-01-01')"
+        )
+        assert source().count_active_sensors(["plain"]) == {"plain": 3}
+        from sensormeter.models import Sensor, utcnow
+
+        created = [s.created_at for s in Sensor.select()]
+        assert all(abs((utcnow() - c).total_seconds()) < 120 for c in created)  # stored as UTC

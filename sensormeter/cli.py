@@ -156,7 +156,13 @@ def worker(workers: int, burst: bool) -> None:
 @friendly_errors
 def scheduler(burst: bool, interval: int) -> None:
     """Register the hourly job (minute 0 UTC), then run rq-scheduler."""
-    from .schedule import make_scheduler, register_hourly_job, scheduled_run_time, use_utc_clock
+    from .schedule import (
+        make_scheduler,
+        register_hourly_job,
+        register_sweep_job,
+        scheduled_run_time,
+        use_utc_clock,
+    )
 
     use_utc_clock()
     # rq-scheduler's crontab dependency warns about its own future defaults on every start.
@@ -165,6 +171,7 @@ def scheduler(burst: bool, interval: int) -> None:
     connection = connect_redis(settings)
     sched = make_scheduler(settings.queue_name, connection, interval=interval)
     register_hourly_job(sched, settings.queue_name)
+    register_sweep_job(sched, settings.queue_name)
     next_run = scheduled_run_time(sched, settings.queue_name)
     click.echo(
         f"hourly report registered on {settings.queue_name}; next run {next_run} UTC", err=True
@@ -209,6 +216,49 @@ def status() -> None:
     )
     for row in problems:
         click.echo(f"  {row.status}: {row.organization_id} {row.identifier}: {row.last_error}")
+
+
+@main.command("failed")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@friendly_errors
+def failed(limit: int) -> None:
+    """List reports whose retries ran out, with Stripe's reason."""
+    from .models import MeterReport, open_database
+
+    settings = load_settings()
+    open_database(settings.database_url)
+    rows = MeterReport.select().where(MeterReport.status == MeterReport.FAILED)
+    total = rows.count()
+    click.echo(f"{total} failed report(s)")
+    for row in rows.order_by(MeterReport.updated_at.desc()).limit(limit):
+        click.echo(
+            f"  {row.organization_id} value {row.value} {row.identifier} "
+            f"attempts {row.attempts} at {row.updated_at:%Y-%m-%d %H:%M} UTC: {row.last_error}"
+        )
+
+
+@main.command("retry-failed")
+@click.option("--org", default=None, help="Only this organization's reports.")
+@click.option(
+    "--include-stale-pending",
+    is_flag=True,
+    help="Also pending reports whose job was lost (untouched for longer than a job can take).",
+)
+@friendly_errors
+def retry_failed(org: str | None, include_stale_pending: bool) -> None:
+    """Queue failed reports to be sent again with their own identifier and value."""
+    from . import ledger
+    from .models import open_database, utcnow
+    from .recovery import enqueue_resend, stale_after
+
+    if org is not None:
+        ledger.validate_organization_id(org)
+    settings = load_settings()
+    open_database(settings.database_url)
+    stale = utcnow() - stale_after(settings) if include_stale_pending else None
+    ids = ledger.ids_to_resend(failed=True, stale_before=stale, organization_id=org)
+    jobs = enqueue_resend(settings, connect_redis(settings), ids)
+    click.echo(f"queued {len(ids)} report(s) in {jobs} job(s) on {settings.queue_name}")
 
 
 @main.command("stripe-emulator")

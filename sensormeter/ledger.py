@@ -150,6 +150,32 @@ def find(identifiers: Sequence[str]) -> dict[str, LedgerRow]:
     return {row[2]: LedgerRow(*row) for row in tuples(query)}
 
 
+def find_by_ids(report_ids: Sequence[int]) -> list[LedgerRow]:
+    """Ledger rows by primary key (one query)."""
+    if not report_ids:
+        return []
+    query = MeterReport.select(*_ROW_COLUMNS).where(MeterReport.id.in_(list(report_ids)))
+    return [LedgerRow(*row) for row in tuples(query)]
+
+
+def ids_to_resend(
+    *,
+    failed: bool,
+    stale_before: datetime | None = None,
+    organization_id: str | None = None,
+) -> list[int]:
+    """Ids of failed rows (if asked) and of pending rows untouched since ``stale_before``."""
+    condition = MeterReport.status == (MeterReport.FAILED if failed else "-none-")
+    if stale_before is not None:
+        condition |= (MeterReport.status == MeterReport.PENDING) & (
+            MeterReport.updated_at < stale_before
+        )
+    query = MeterReport.select(MeterReport.id).where(condition)
+    if organization_id is not None:
+        query = query.where(MeterReport.organization_id == organization_id)
+    return [int(row[0]) for row in tuples(query.order_by(MeterReport.id))]
+
+
 def create_pending(
     database: peewee.Database, reports: Iterable[NewReport], event_name: str, job_id: str | None
 ) -> None:

@@ -66,6 +66,17 @@ class ChunkResult:
         }
 
 
+def _count_problem(count: object) -> str | None:
+    """Why a count from the usage source cannot be reported, or None when it can."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        return f"invalid count from the usage source: {count!r} is not a whole number"
+    if count < 0:
+        return f"invalid count from the usage source: {count} is negative"
+    if count >= 10**15:
+        return f"invalid count from the usage source: {count} is implausibly large"
+    return None
+
+
 class Reporter:
     """Counts, records and sends the reports of one chunk; idempotent by identifier."""
 
@@ -110,6 +121,12 @@ class Reporter:
             billable = [o for o in missing if o in customers]
             # The count is read now, when the job runs, not when it was queued.
             counts = self.source.count_active_sensors(billable)
+            for org in billable:
+                problem = _count_problem(counts.get(org, 0))
+                if problem:
+                    # A host's source gave something no meter may be sent: log it, bill nothing.
+                    result.skipped[org] = problem
+            billable = [o for o in billable if o not in result.skipped]
             measured_at = utcnow().replace(microsecond=0)
             period = ledger.parse_hour(hour) if hour is not None else None
             ledger.create_pending(
@@ -148,25 +165,59 @@ class Reporter:
         rows, result = self.prepare(database, organization_ids, hour, request_id, job_id)
         for org, reason in result.skipped.items():
             log.info("report.skipped", organization_id=org, reason=reason, job_id=job_id)
-        to_send: list[LedgerRow] = []
-        for org, row in rows.items():
-            result.values[org] = int(row.value)
+        self.send_rows(database, rows, result, job_id=job_id, final_attempt=final_attempt)
+        result.total_seconds = time.perf_counter() - started
+        return result
+
+    def resend(
+        self,
+        database: Any,
+        report_ids: Sequence[int],
+        *,
+        job_id: str | None = None,
+        final_attempt: bool = True,
+    ) -> ChunkResult:
+        """Send existing ledger rows again, with their stored identifier and value.
+
+        For failed rows and pending rows whose job was lost; the result is keyed by identifier.
+        """
+        started = time.perf_counter()
+        result = ChunkResult()
+        rows = {row.identifier: row for row in ledger.find_by_ids(report_ids)}
+        self.send_rows(database, rows, result, job_id=job_id, final_attempt=final_attempt)
+        result.total_seconds = time.perf_counter() - started
+        return result
+
+    def send_rows(
+        self,
+        database: Any,
+        rows: dict[str, LedgerRow],
+        result: ChunkResult,
+        *,
+        job_id: str | None,
+        final_attempt: bool,
+    ) -> None:
+        """Send the sendable rows (pending or failed) and record each attempt in the ledger."""
+        to_send: list[tuple[str, LedgerRow]] = []
+        for key, row in rows.items():
+            result.values[key] = int(row.value)
             if row.status in _SENDABLE:
-                to_send.append(row)
+                to_send.append((key, row))
             else:
-                result.outcomes[org] = str(row.status)  # Done by an earlier run: nothing to send.
+                result.outcomes[key] = str(row.status)  # Done by an earlier run: nothing to send.
         sending = time.perf_counter()
-        attempts = self.meter.send_many([ledger.event_for(row) for row in to_send])
-        result.send_seconds = time.perf_counter() - sending
-        statuses = ledger.record_attempts(database, to_send, attempts, final_attempt=final_attempt)
-        for row, attempt, status in zip(to_send, attempts, statuses, strict=True):
-            org = row.organization_id
-            result.outcomes[org] = status
+        attempts = self.meter.send_many([ledger.event_for(row) for _, row in to_send])
+        result.send_seconds += time.perf_counter() - sending
+        statuses = ledger.record_attempts(
+            database, [row for _, row in to_send], attempts, final_attempt=final_attempt
+        )
+        for (key, row), attempt, status in zip(to_send, attempts, statuses, strict=True):
+            result.outcomes[key] = status
             if attempt.error and not attempt.outcome.delivered:
-                result.errors[org] = attempt.error
+                result.errors[key] = attempt.error
             log.info(
                 "report",
-                organization_id=org,
+                organization_id=row.organization_id,
                 value=int(row.value),
                 identifier=row.identifier,
                 outcome=attempt.outcome.value,
@@ -176,5 +227,3 @@ class Reporter:
                 error=attempt.error if not attempt.outcome.delivered else None,
                 job_id=job_id,
             )
-        result.total_seconds = time.perf_counter() - started
-        return result

@@ -68,6 +68,35 @@ def register_hourly_job(scheduler: Scheduler, queue_name: str | None = None) -> 
     return job
 
 
+SWEEP_CRON = "*/10 * * * *"
+
+
+def sweep_job_id(queue_name: str) -> str:
+    """The fixed id of the stale-pending sweep for a queue."""
+    return f"sensormeter-sweep-{queue_name}"
+
+
+def register_sweep_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
+    """Every 10 minutes, resend pending rows whose job was lost; safe to call on every start."""
+    from .recovery import sweep_stale_reports
+
+    queue_name = queue_name or scheduler.queue_name
+    job_id = sweep_job_id(queue_name)
+    if job_id in scheduler:
+        scheduler.cancel(job_id)
+    job: Job = scheduler.cron(
+        SWEEP_CRON,
+        func=sweep_stale_reports,
+        id=job_id,
+        queue_name=queue_name,
+        result_ttl=3600,
+        timeout=600,
+        use_local_timezone=False,
+        description="every 10 minutes: resend pending reports whose job was lost",
+    )
+    return job
+
+
 def scheduled_run_time(scheduler: Scheduler, queue_name: str) -> datetime | None:
     """When the hourly job of ``queue_name`` runs next (aware UTC), or None if not scheduled."""
     score = scheduler.connection.zscore(scheduler.scheduled_jobs_key, hourly_job_id(queue_name))

@@ -54,3 +54,16 @@ def test_request_ids_are_read(emulator: StripeEmulator) -> None:
     """Stripe's Request-Id header reaches the result (it goes into the ledger)."""
     result = client(emulator.base_url).send(event(5))
     assert result.request_id is not None and result.request_id.startswith("req_")
+
+
+def test_live_key_is_refused_off_stripe(emulator: StripeEmulator) -> None:
+    """A live key aimed at anything but Stripe's address is refused before any call."""
+    import pytest
+
+    from sensormeter.errors import ConfigurationError
+
+    for key in ("sk_live_abc", "rk_live_abc"):
+        with pytest.raises(ConfigurationError, match="STRIPE_API_KEY: a live key is refused"):
+            StripeMeterClient(Settings(stripe_api_key=key, stripe_api_base=emulator.base_url))
+    assert emulator.request_count() == 0
+    StripeMeterClient(Settings(stripe_api_key="sk_live_abc"))  # Stripe itself: accepted

@@ -108,11 +108,12 @@ def report(organization_id: str) -> None:
 def report_all(hour: str | None) -> None:
     """Queue the fan-out that reports every billable organization now."""
     from .jobs import enqueue_fanout
-    from .ledger import parse_hour
+    from .ledger import check_reportable_hour
+    from .models import utcnow
 
     if hour is not None:
         try:
-            parse_hour(hour)
+            check_reportable_hour(hour, utcnow())
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--hour") from None
     settings = load_settings()

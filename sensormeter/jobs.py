@@ -211,7 +211,7 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
     runtime = get_runtime()
     settings = runtime.settings
     label = hour if hour is not None else ledger.format_hour(ledger.hour_start(utcnow()))
-    ledger.parse_hour(label)  # Reject a malformed hour before queueing anything.
+    ledger.check_reportable_hour(label, utcnow())  # before queueing anything
     queue = make_queue(settings, runtime.redis)
     organizations = chunks = 0
     stamp = label.replace(":", "")
@@ -268,7 +268,7 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
 def enqueue_fanout(settings: Settings, connection: redis.Redis, hour: str | None = None) -> str:
     """Queue the hourly fan-out now (what ``sensormeter report-all`` does); returns the job id."""
     if hour is not None:
-        ledger.parse_hour(hour)
+        ledger.check_reportable_hour(hour, utcnow())
     job = make_queue(settings, connection).enqueue(
         report_all_sensor_counts,
         hour=hour,

@@ -54,6 +54,19 @@ def parse_hour(label: str) -> datetime:
         raise ValueError(f"hour {label!r} is not of the form YYYY-MM-DDTHH (UTC)") from None
 
 
+MAX_PAST_HOURS = 35 * 24 - 1  # Stripe accepts timestamps up to 35 days old
+
+
+def check_reportable_hour(label: str, now: datetime) -> datetime:
+    """Parse an hour and refuse one in the future or beyond Stripe's 35-day window."""
+    hour = parse_hour(label)
+    if hour > hour_start(now):
+        raise ValueError(f"hour {label} is in the future (now is {format_hour(now)} UTC)")
+    if hour < hour_start(now) - timedelta(hours=MAX_PAST_HOURS):
+        raise ValueError(f"hour {label} is older than Stripe's 35-day window for meter events")
+    return hour
+
+
 def _bounded(readable: str, *parts: str) -> str:
     if len(readable) <= MAX_IDENTIFIER:
         return readable

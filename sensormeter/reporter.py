@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -100,6 +101,24 @@ class Reporter:
             o: ledger.on_demand_identifier(o, self.event_name, request_id) for o in organization_ids
         }
 
+    def _count(self, organization_ids: list[str], hour: str | None) -> tuple[Any, dict[str, int]]:
+        """The counts and the moment they stand for.
+
+        Normally the count is read now, when the job runs, not when it was queued. An hourly
+        report whose hour is already over (a delayed or retried job) must still land inside
+        its hour: it is stamped at the hour's last second, with the count as of that moment
+        where the source keeps history (``count_active_sensors_at``).
+        """
+        now = utcnow().replace(microsecond=0)
+        if hour is not None:
+            last_second = ledger.parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
+            if now > last_second:
+                historical = getattr(self.source, "count_active_sensors_at", None)
+                if historical is not None:
+                    return last_second, historical(organization_ids, last_second)
+                return last_second, self.source.count_active_sensors(organization_ids)
+        return now, self.source.count_active_sensors(organization_ids)
+
     def prepare(
         self,
         database: Any,
@@ -119,15 +138,13 @@ class Reporter:
                 if org not in customers:
                     result.skipped[org] = self.source.explain_not_billable(org)
             billable = [o for o in missing if o in customers]
-            # The count is read now, when the job runs, not when it was queued.
-            counts = self.source.count_active_sensors(billable)
+            measured_at, counts = self._count(billable, hour)
             for org in billable:
                 problem = _count_problem(counts.get(org, 0))
                 if problem:
                     # A host's source gave something no meter may be sent: log it, bill nothing.
                     result.skipped[org] = problem
             billable = [o for o in billable if o not in result.skipped]
-            measured_at = utcnow().replace(microsecond=0)
             period = ledger.parse_hour(hour) if hour is not None else None
             ledger.create_pending(
                 database,

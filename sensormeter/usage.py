@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import peewee
@@ -85,6 +86,30 @@ class DatabaseUsageSource:
                 org.in_(list(organization_ids))
                 & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
                 & Sensor.deleted_at.is_null()
+            )
+            .group_by(org)
+        )
+        counts = {org_id: 0 for org_id in organization_ids}
+        counts.update({org_id: int(n) for org_id, n in tuples(query)})
+        return counts
+
+    def count_active_sensors_at(
+        self, organization_ids: Sequence[str], at: datetime
+    ) -> dict[str, int]:
+        """Active sensors as of ``at`` (UTC), from ``created_at`` and ``deleted_at``.
+
+        ``is_active`` has no history, so a sensor switched off since counts as off then too.
+        """
+        if not organization_ids:
+            return {}
+        org = Sensor.organization_id  # type: ignore[attr-defined]
+        query = (
+            Sensor.select(org, peewee.fn.COUNT(Sensor.id))
+            .where(
+                org.in_(list(organization_ids))
+                & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
+                & (Sensor.created_at <= at)
+                & (Sensor.deleted_at.is_null() | (Sensor.deleted_at > at))
             )
             .group_by(org)
         )

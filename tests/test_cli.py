@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import peewee
@@ -162,12 +163,13 @@ class TestReportAllCommand:
         self, settings: Settings, redis_conn: redis.Redis
     ) -> None:
         """``report-all --hour H`` queues one fan-out job for hour H."""
-        done = sensormeter(cli_env(settings), "report-all", "--hour", "2026-11-29T04")
+        hour = f"{datetime.now(UTC) - timedelta(hours=3):%Y-%m-%dT%H}"
+        done = sensormeter(cli_env(settings), "report-all", "--hour", hour)
         assert done.returncode == 0, done.stderr
         [job] = make_queue(settings, redis_conn).get_jobs()
         assert done.stdout.strip() == f"queued {job.id} on {TEST_QUEUE}"
         assert job.func_name == "sensormeter.jobs.report_all_sensor_counts"
-        assert job.kwargs == {"hour": "2026-11-29T04"}
+        assert job.kwargs == {"hour": hour}
 
 
 @sqlite_only

@@ -11,7 +11,7 @@ from sensormeter import ledger
 from sensormeter.errors import ReportsFailed, RetryableReportError
 from sensormeter.meter import Outcome, SendResult
 from sensormeter.meters import InMemoryMeterClient
-from sensormeter.models import MeterReport, Sensor
+from sensormeter.models import MeterReport, Sensor, utcnow
 from sensormeter.reporter import Reporter
 from sensormeter.settings import Settings
 from sensormeter.usage import DatabaseUsageSource
@@ -19,7 +19,8 @@ from sensormeter.usage import DatabaseUsageSource
 from .conftest import count_queries
 from .factories import make_org
 
-HOUR = "2026-11-29T04"
+# The current hour: a past one is stamped at its last second, with historical counts.
+HOUR = ledger.format_hour(ledger.hour_start(utcnow()))
 
 
 @pytest.fixture
@@ -167,3 +168,44 @@ def test_on_demand_needs_request_id(database: peewee.Database, reporter: Reporte
     """A report without an hour or a request id is a programming error, refused."""
     with pytest.raises(ValueError, match="request id"):
         reporter.run(database, ["a"])
+
+
+class TestPastHour:
+    def test_late_job_lands_inside_its_hour_with_the_count_then(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A job for an hour that is over is stamped at that hour's last second, counted then."""
+        from datetime import timedelta
+
+        past = ledger.hour_start(utcnow()) - timedelta(hours=2)
+        make_org("a", active=0)
+        Sensor.create(organization="a", created_at=past - timedelta(days=1))
+        Sensor.create(
+            organization="a",
+            created_at=past - timedelta(days=1),
+            deleted_at=past + timedelta(minutes=90),
+        )  # still there at the hour's end
+        Sensor.create(
+            organization="a",
+            created_at=past - timedelta(days=1),
+            deleted_at=past + timedelta(minutes=30),
+        )  # gone before the end
+        Sensor.create(organization="a")  # added now, after the hour: two of them
+        Sensor.create(organization="a")
+        reporter.run(database, ["a"], hour=ledger.format_hour(past))
+        [event] = meter.events
+        last_second = past + timedelta(hours=1) - timedelta(seconds=1)
+        assert event.value == 2
+        assert event.timestamp == int(last_second.replace(tzinfo=UTC).timestamp())
+
+
+def test_hours_outside_stripes_window_are_refused() -> None:
+    """A future hour, or one older than 35 days, is refused before anything is queued."""
+    from datetime import timedelta
+
+    now = utcnow()
+    with pytest.raises(ValueError, match="future"):
+        ledger.check_reportable_hour(ledger.format_hour(now + timedelta(hours=1)), now)
+    with pytest.raises(ValueError, match="35-day"):
+        ledger.check_reportable_hour(ledger.format_hour(now - timedelta(days=36)), now)
+    assert ledger.check_reportable_hour(ledger.format_hour(now), now) == ledger.hour_start(now)

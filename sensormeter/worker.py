@@ -67,18 +67,26 @@ def _burst_worker(settings: Settings, index: int) -> None:
     worker = HerokuWorker(
         [queue], connection=connection, serializer=JSONSerializer, job_class=JSONJob
     )
+    idle_checks = 0
     while True:
         worker.work(burst=True, with_scheduler=False)
         if worker._stop_requested:  # SIGTERM/SIGINT: stop, do not take more work
             return
         queued, scheduled = pending_work(queue)
         running = StartedJobRegistry(queue=queue).count
-        if not queued and not scheduled and not running:
+        # A failing job moves from "started" to "scheduled" in more than one step: only a
+        # second idle look, a moment later, proves that nothing is left.
+        idle_checks = idle_checks + 1 if not (queued or scheduled or running) else 0
+        if idle_checks >= 2:
             return
-        if index == 0:
-            # Retries wait in the scheduled registry; one process moves the due ones.
+        # Retries wait in the scheduled registry; whichever process holds the lock moves the
+        # due ones. Jobs of a worker that died (SIGKILL) stay "started" until their heartbeat
+        # expires; the cleanup then hands them to RQ's retry, so they are not waited on forever.
+        if connection.set(f"sensormeter:{settings.queue_name}:burst-lock", index, nx=True, px=2000):
             enqueue_due_retries(queue)
-        time.sleep(0.2)
+            StartedJobRegistry(queue=queue).cleanup()
+            connection.delete(f"sensormeter:{settings.queue_name}:burst-lock")
+        time.sleep(0.25)
 
 
 def run_workers(settings: Settings, connection: redis.Redis, workers: int, burst: bool) -> None:

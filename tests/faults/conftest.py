@@ -1,0 +1,222 @@
+"""The fault-injection harness: a private Redis server, worker processes, billing invariants.
+
+Each fault test runs the real pipeline (Redis, a database, `sensormeter worker` processes, the
+HTTP emulator), injects one fault, lets the system recover, and then checks the invariants
+with :func:`assert_billed_exactly_once`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from sensormeter.emulator import StripeEmulator
+from sensormeter.ledger import hourly_identifier, parse_hour
+from sensormeter.models import MeterReport
+from sensormeter.settings import Settings
+
+from ..conftest import SENSORMETER, cli_env, unavailable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port, that the test may kill and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        assert wait_for(lambda: _pings(client), 10), "redis-server did not start"
+
+    def kill(self) -> None:
+        """SIGKILL: the data is gone (no persistence), like a restarted Heroku Redis."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis server (fault tests restart it; the shared one must not be touched)."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", "not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def fault_settings(redis_server: RedisServer, emulator: StripeEmulator, tmp_path: Path) -> Settings:
+    """Settings for a fault run: private Redis, SQLite file, short retries."""
+    return Settings(
+        redis_url=redis_server.url,
+        database_url=f"sqlite:///{tmp_path / 'faults.db'}",
+        stripe_api_key="sk_test_faults",
+        stripe_api_base=emulator.base_url,
+        queue_name="sensormeter-faults",
+        max_retries=4,
+        retry_backoff_seconds=1,
+        stripe_timeout_seconds=2,
+        chunk_size=5,
+        max_in_flight=4,
+    )
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, every: float = 0.1) -> bool:
+    """Poll until ``predicate()`` is truthy or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def run_cli(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``sensormeter ARGS`` to completion with the settings' environment."""
+    return subprocess.run(
+        [*SENSORMETER, *args],
+        env=cli_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    """Start ``sensormeter ARGS`` in its own process group (a "dyno")."""
+    return subprocess.Popen(
+        [*SENSORMETER, *args],
+        env=cli_env(settings),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_group(
+    process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30
+) -> int:
+    """Signal every process of the group, wait, and SIGKILL what is left after ``timeout``."""
+    try:
+        os.killpg(process.pid, sig)
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        tail = log_tail(process) if hasattr(process, "log") else ""
+        raise AssertionError(f"still running {timeout} s after signal {sig}:\n{tail}") from None
+    except ProcessLookupError:
+        return process.wait()
+
+
+def current_hour() -> str:
+    return f"{datetime.now(UTC):%Y-%m-%dT%H}"
+
+
+def assert_billed_exactly_once(
+    emulator: StripeEmulator,
+    customers: dict[str, str],
+    hour: str,
+    event_name: str = "active_sensors",
+) -> None:
+    """The invariants every fault test ends on, for one hour.
+
+    - every billable organization has exactly one delivered hourly event for the hour, under
+      the hour's identifier, for its customer, with a timestamp inside the hour;
+    - no other hourly identifier for that organization and hour reached Stripe;
+    - the ledger has one row per organization for the hour, all `sent`, none pending.
+    """
+    start = parse_hour(hour).replace(tzinfo=UTC)
+    end = start + timedelta(hours=1)
+    expected = {org: hourly_identifier(org, event_name, parse_hour(hour)) for org in customers}
+    events = [e for e in emulator.events() if e.identifier.endswith(hour)]
+    by_identifier: dict[str, list[object]] = {}
+    for event in events:
+        by_identifier.setdefault(event.identifier, []).append(event)
+    assert sorted(by_identifier) == sorted(expected.values()), "hourly identifiers differ"
+    for org, identifier in expected.items():
+        [event] = by_identifier[identifier]  # the emulator keeps an identifier once
+        assert event.customer == customers[org]  # type: ignore[attr-defined]
+        moment = datetime.fromtimestamp(event.timestamp, UTC)  # type: ignore[attr-defined]
+        assert start <= moment < end, f"{org}: timestamp {moment} outside {hour}"
+    rows = list(MeterReport.select().where(MeterReport.period_hour == parse_hour(hour)))
+    assert sorted(r.organization_id for r in rows) == sorted(customers)
+    assert {r.status for r in rows} == {"sent"}, [(r.organization_id, r.status) for r in rows]
+    assert MeterReport.select().where(MeterReport.status == "pending").count() == 0
+
+
+@pytest.fixture
+def fault_db(fault_settings: Settings) -> Iterator[object]:
+    """The fault run's database, with fresh tables, opened in the test process too."""
+    from sensormeter.models import create_tables, open_database
+
+    db = open_database(fault_settings.database_url)
+    create_tables(db)
+    yield db
+    db.close()
+
+
+def seed(count: int, prefix: str = "org") -> dict[str, str]:
+    """``count`` billable organizations with 1-5 sensors; returns organization -> customer."""
+    from ..factories import make_org
+
+    customers = {}
+    for i in range(count):
+        org = f"{prefix}{i:03d}"
+        make_org(org, active=1 + i % 5)
+        customers[org] = f"cus_{org}"
+    make_org(f"{prefix}-canceled", status="canceled", active=3)  # never billed
+    return customers

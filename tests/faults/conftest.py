@@ -134,20 +134,30 @@ def run_cli(
     )
 
 
-def start_cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
+def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     """Start ``sensormeter ARGS`` in its own process group (a "dyno")."""
-    return subprocess.Popen(
+    # Logs go to a file: an unread pipe fills up and blocks the workers writing to it.
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
         [*SENSORMETER, *args],
         env=cli_env(settings),
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=log,
     )
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+def log_tail(process: subprocess.Popen[bytes], size: int = 4000) -> str:
+    """The end of what a process started by :func:`start_cli` wrote."""
+    log = process.log  # type: ignore[attr-defined]
+    log.seek(0)
+    return str(log.read()[-size:].decode(errors="replace"))
 
 
 def stop_group(
-    process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
 ) -> int:
     """Signal every process of the group, wait, and SIGKILL what is left after ``timeout``."""
     try:

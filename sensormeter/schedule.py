@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from rq.job import Job
 from rq_scheduler import Scheduler
@@ -39,6 +40,25 @@ def hourly_job_id(queue_name: str) -> str:
     return f"{HOURLY_JOB_PREFIX}-{queue_name}"
 
 
+def _register(
+    scheduler: Scheduler, job_id: str, cron: str, func: Any, queue_name: str, description: str
+) -> Job:
+    """Schedule ``func`` under a fixed id, cancelling an earlier registration first."""
+    if job_id in scheduler:
+        scheduler.cancel(job_id)
+    job: Job = scheduler.cron(
+        cron,
+        func=func,
+        id=job_id,
+        queue_name=queue_name,
+        result_ttl=3600,
+        timeout=600,
+        use_local_timezone=False,
+        description=description,
+    )
+    return job
+
+
 def register_hourly_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
     """Schedule the fan-out at minute 0 UTC every hour; safe to call on every start.
 
@@ -46,18 +66,13 @@ def register_hourly_job(scheduler: Scheduler, queue_name: str | None = None) -> 
     one job (and a changed cron string is picked up).
     """
     queue_name = queue_name or scheduler.queue_name
-    job_id = hourly_job_id(queue_name)
-    if job_id in scheduler:
-        scheduler.cancel(job_id)
-    job: Job = scheduler.cron(
+    job = _register(
+        scheduler,
+        hourly_job_id(queue_name),
         HOURLY_CRON,
-        func=report_all_sensor_counts,
-        id=job_id,
-        queue_name=queue_name,
-        result_ttl=3600,
-        timeout=600,
-        use_local_timezone=False,
-        description="hourly: report all sensor counts",
+        report_all_sensor_counts,
+        queue_name,
+        "hourly: report all sensor counts",
     )
     # rq-scheduler computes the first run from the LOCAL clock; with TZ=Asia/Kolkata that is
     # minute 30 UTC. Put the first run at the next top of the hour in UTC ourselves; later runs
@@ -81,20 +96,14 @@ def register_sweep_job(scheduler: Scheduler, queue_name: str | None = None) -> J
     from .recovery import sweep_stale_reports
 
     queue_name = queue_name or scheduler.queue_name
-    job_id = sweep_job_id(queue_name)
-    if job_id in scheduler:
-        scheduler.cancel(job_id)
-    job: Job = scheduler.cron(
+    return _register(
+        scheduler,
+        sweep_job_id(queue_name),
         SWEEP_CRON,
-        func=sweep_stale_reports,
-        id=job_id,
-        queue_name=queue_name,
-        result_ttl=3600,
-        timeout=600,
-        use_local_timezone=False,
-        description="every 10 minutes: resend pending reports whose job was lost",
+        sweep_stale_reports,
+        queue_name,
+        "every 10 minutes: resend pending reports whose job was lost",
     )
-    return job
 
 
 def scheduled_run_time(scheduler: Scheduler, queue_name: str) -> datetime | None:

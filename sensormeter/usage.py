@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import peewee
 
@@ -77,21 +77,7 @@ class DatabaseUsageSource:
 
     def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
         """One GROUP BY query; organizations with no active sensor count 0."""
-        if not organization_ids:
-            return {}
-        org = Sensor.organization_id  # type: ignore[attr-defined]
-        query = (
-            Sensor.select(org, peewee.fn.COUNT(Sensor.id))
-            .where(
-                org.in_(list(organization_ids))
-                & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
-                & Sensor.deleted_at.is_null()
-            )
-            .group_by(org)
-        )
-        counts = {org_id: 0 for org_id in organization_ids}
-        counts.update({org_id: int(n) for org_id, n in tuples(query)})
-        return counts
+        return self._count(organization_ids, Sensor.deleted_at.is_null())
 
     def count_active_sensors_at(
         self, organization_ids: Sequence[str], at: datetime
@@ -100,6 +86,12 @@ class DatabaseUsageSource:
 
         ``is_active`` has no history, so a sensor switched off since counts as off then too.
         """
+        alive_then = (Sensor.created_at <= at) & (
+            Sensor.deleted_at.is_null() | (Sensor.deleted_at > at)
+        )
+        return self._count(organization_ids, alive_then)
+
+    def _count(self, organization_ids: Sequence[str], alive: Any) -> dict[str, int]:
         if not organization_ids:
             return {}
         org = Sensor.organization_id  # type: ignore[attr-defined]
@@ -108,8 +100,7 @@ class DatabaseUsageSource:
             .where(
                 org.in_(list(organization_ids))
                 & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
-                & (Sensor.created_at <= at)
-                & (Sensor.deleted_at.is_null() | (Sensor.deleted_at > at))
+                & alive
             )
             .group_by(org)
         )

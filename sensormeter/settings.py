@@ -31,6 +31,8 @@ _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _PAYLOAD_KEY = re.compile(r"^[A-Za-z0-9_]{1,100}$")
 _STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$")
+# Stripe accepts meter events up to 35 days old; keep an hour's margin for a late job.
+MAX_CATCHUP_HOURS = 35 * 24 - 1
 _USAGE_SOURCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -77,6 +79,9 @@ class Settings:
     rate_limit: float | None = None
     log_level: str = "INFO"
     https_proxy: str | None = None
+    catchup_hours: int = 48
+    period_close_minutes: int = 10
+    stripe_webhook_secret: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -88,6 +93,7 @@ class Settings:
             "redis_url": redact_url(self.redis_url),
             "database_url": redact_url(self.database_url),
             "stripe_api_key": "***" if self.stripe_api_key else None,
+            "stripe_webhook_secret": "***" if self.stripe_webhook_secret else None,
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
@@ -221,6 +227,9 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
     "SENSORMETER_LOG_LEVEL": ("log_level", str.upper),
     "HTTPS_PROXY": ("https_proxy", _text),
+    "SENSORMETER_CATCHUP_HOURS": ("catchup_hours", _integer),
+    "SENSORMETER_PERIOD_CLOSE_MINUTES": ("period_close_minutes", _integer),
+    "STRIPE_WEBHOOK_SECRET": ("stripe_webhook_secret", _text),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
 
@@ -283,5 +292,18 @@ def _validate(s: Settings) -> None:
         fail("rate_limit", f"{s.rate_limit} is out of range (0 to 1000000 events/s; 0 = off)")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail("log_level", f"{s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+    if not 0 <= s.catchup_hours <= MAX_CATCHUP_HOURS:
+        fail(
+            "catchup_hours",
+            f"{s.catchup_hours} is out of range (0 to {MAX_CATCHUP_HOURS}: Stripe accepts "
+            "meter events up to 35 days old; 0 turns catch-up off)",
+        )
+    if not 0 <= s.period_close_minutes <= 30:
+        fail(
+            "period_close_minutes",
+            f"{s.period_close_minutes} is out of range (0 to 30; 0 turns period-close reports off)",
+        )
+    if s.stripe_webhook_secret is not None and not s.stripe_webhook_secret.startswith("whsec_"):
+        fail("stripe_webhook_secret", "must be the endpoint's signing secret, whsec_...")
     if not 10 <= s.job_timeout_seconds <= 3600:
         fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")

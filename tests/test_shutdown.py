@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import peewee
@@ -40,12 +41,14 @@ def test_sigterm_mid_job_is_retried_not_lost(
     settings = settings.with_overrides(stripe_timeout_seconds=20)
     enqueue_sensor_report("acme", settings=settings, connection=redis_conn)
     emulator.set_latency(15)  # longer than HerokuWorker's 6 s grace: the job is cut off
+    # The pool's log goes to a file (an unread pipe could block it) and is shown on failure.
+    pool_log = tempfile.TemporaryFile()
     pool = subprocess.Popen(
         [*SENSORMETER, "worker", "-n", "1"],
         env=cli_env(settings),
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=pool_log,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert wait_for(lambda: emulator.request_count() >= 1, 30), "the job never called Stripe"
@@ -56,7 +59,9 @@ def test_sigterm_mid_job_is_retried_not_lost(
             os.killpg(pool.pid, signal.SIGKILL)
             pool.wait()
     # The job was cut off, not finished: it is still to be sent, and queued again by RQ.
-    assert MeterReport.get().status == "pending"
+    pool_log.seek(0)
+    shown = pool_log.read().decode(errors="replace")[-4000:]
+    assert MeterReport.get().status == "pending", shown
     emulator.set_latency(0)
     # The cut-off job was handed back to RQ (queued, or waiting for its retry): run it again.
     burst = subprocess.run(

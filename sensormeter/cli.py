@@ -156,23 +156,16 @@ def worker(workers: int, burst: bool) -> None:
 )
 @friendly_errors
 def scheduler(burst: bool, interval: int) -> None:
-    """Register the hourly job (minute 0 UTC), then run rq-scheduler."""
-    from .schedule import (
-        make_scheduler,
-        register_hourly_job,
-        register_sweep_job,
-        scheduled_run_time,
-        use_utc_clock,
-    )
+    """Register the scheduled jobs (hourly at minute 0 UTC), catch up, then run rq-scheduler."""
+    from .schedule import ReportingScheduler, scheduled_run_time, use_utc_clock
 
     use_utc_clock()
     # rq-scheduler's crontab dependency warns about its own future defaults on every start.
     warnings.filterwarnings("ignore", category=FutureWarning, module="rq_scheduler")
     settings = load_settings()
     connection = connect_redis(settings)
-    sched = make_scheduler(settings.queue_name, connection, interval=interval)
-    register_hourly_job(sched, settings.queue_name)
-    register_sweep_job(sched, settings.queue_name)
+    sched = ReportingScheduler(settings, connection, interval=interval)
+    sched.start()
     next_run = scheduled_run_time(sched, settings.queue_name)
     click.echo(
         f"hourly report registered on {settings.queue_name}; next run {next_run} UTC", err=True
@@ -238,6 +231,38 @@ def failed(limit: int) -> None:
         )
 
 
+@main.command("reconcile")
+@click.option(
+    "--since",
+    default=None,
+    help="First UTC hour: YYYY-MM-DDTHH, or a day YYYY-MM-DD; default: 48 hours ago.",
+)
+@click.option("--until", default=None, help="Last UTC hour (included); default: the current hour.")
+@click.option("--org", default=None, help="Only this organization (its customer from the ledger).")
+@friendly_errors
+def reconcile(since: str | None, until: str | None, org: str | None) -> None:
+    """Compare the ledger with Stripe's hourly meter summaries; exit 1 on any mismatch."""
+    from .ledger import format_hour, validate_organization_id
+    from .models import open_database, utcnow
+    from .reconcile import HOUR, window
+    from .reconcile import reconcile as run_reconcile
+
+    start, end = window(since, until, utcnow())
+    if org is not None:
+        validate_organization_id(org)
+    settings = load_settings()
+    open_database(settings.database_url)
+    result = run_reconcile(settings, start, end, org)
+    for mismatch in result.mismatches:
+        click.echo(mismatch.describe())
+    click.echo(
+        f"reconcile {format_hour(start)}..{format_hour(end - HOUR)} UTC: "
+        f"{result.customers} customer(s) checked, {result.hours} hour(s) compared, "
+        f"{len(result.mismatches)} mismatch(es)"
+    )
+    sys.exit(0 if result.clean else 1)
+
+
 @main.command("retry-failed")
 @click.option("--org", default=None, help="Only this organization's reports.")
 @click.option(
@@ -260,6 +285,65 @@ def retry_failed(org: str | None, include_stale_pending: bool) -> None:
     ids = ledger.ids_to_resend(failed=True, stale_before=stale, organization_id=org)
     jobs = enqueue_resend(settings, connect_redis(settings), ids)
     click.echo(f"queued {len(ids)} report(s) in {jobs} job(s) on {settings.queue_name}")
+
+
+@main.command("backfill")
+@click.option("--since", required=True, help="First UTC hour: YYYY-MM-DDTHH, or a day YYYY-MM-DD.")
+@click.option("--until", default=None, help="Last UTC hour (included); default: the current hour.")
+@click.option("--org", default=None, help="Only this organization.")
+@click.option("--dry-run", is_flag=True, help="Show what would be reported; send nothing.")
+@friendly_errors
+def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> None:
+    """Report hours that have no delivered hourly report, with the count as it was then.
+
+    The same search as the scheduler's catch-up: only billable organizations, never before
+    the first hour sensormeter reported for an organization, within Stripe's 35 days.
+    """
+    from . import ledger
+    from .catchup import backfill_window, iter_gaps
+    from .models import utcnow
+    from .reporter import Reporter
+    from .runtime import Runtime
+
+    if org is not None:
+        ledger.validate_organization_id(org)
+    now = utcnow()
+    try:
+        first = ledger.parse_hour_option(since)
+        last = ledger.parse_hour_option(until) if until else ledger.hour_start(now)
+        hours = backfill_window(first, last, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    settings = load_settings()
+    runtime = Runtime.build(settings)
+    with runtime.database.connection_context():
+        plan = list(iter_gaps(runtime.source, settings, hours, [org] if org else None))
+        total = sum(len(orgs) for _, orgs in plan)
+        click.echo(
+            f"{total} missing hourly report(s) in {len(hours)} hour(s) "
+            f"{ledger.format_hour(hours[0])}..{ledger.format_hour(hours[-1])} UTC",
+            err=True,
+        )
+        if dry_run:
+            for label, orgs in plan:
+                click.echo(f"  {label}: {', '.join(orgs)}")
+            return
+        reporter = Reporter(runtime.source, runtime.meter, settings.meter_event_name)
+        outcomes: dict[str, int] = {}
+        with click.progressbar(
+            length=total, label="backfilling", file=sys.stderr, show_pos=True
+        ) as bar:
+            for label, orgs in plan:
+                result = reporter.run(runtime.database, orgs, hour=label, job_id="backfill")
+                for status in result.outcomes.values():
+                    outcomes[status] = outcomes.get(status, 0) + 1
+                bar.update(len(orgs))
+    click.echo(
+        "backfill: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "nothing to do")
+    )
+    if outcomes.get("failed"):
+        _fail("some reports failed; see 'sensormeter failed', then 'sensormeter retry-failed'")
 
 
 @main.command("stripe-emulator")

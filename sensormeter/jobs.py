@@ -250,12 +250,19 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
     if batch:
         flush()
     db_seconds = round(db_seconds, 4)
+    catchup_job = None
+    if hour is None:
+        # Every hourly tick also looks back for hours left without a delivered report.
+        from .catchup import enqueue_catch_up
+
+        catchup_job = enqueue_catch_up(settings, runtime.redis, include_current=False)
     log.info(
         "fanout.completed",
         hour=label,
         organizations=organizations,
         chunks=chunks,
         db_seconds=db_seconds,
+        catchup_job=catchup_job,
     )
     return {
         "hour": label,

@@ -54,6 +54,16 @@ def parse_hour(label: str) -> datetime:
         raise ValueError(f"hour {label!r} is not of the form YYYY-MM-DDTHH (UTC)") from None
 
 
+def parse_hour_option(text: str) -> datetime:
+    """Parse a command-line hour: ``YYYY-MM-DDTHH`` or a day ``YYYY-MM-DD`` (its first hour)."""
+    for form in ("%Y-%m-%dT%H", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text.strip(), form)
+        except ValueError:
+            continue
+    raise ValueError(f"{text!r} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD")
+
+
 MAX_PAST_HOURS = 35 * 24 - 1  # Stripe accepts timestamps up to 35 days old
 
 

@@ -49,7 +49,11 @@ class Subscription(BaseModel):
 
     class Meta:
         table_name = "subscriptions"
-        indexes = ((("status", "organization"), False),)
+        indexes = (
+            (("status", "organization"), False),
+            # The period-close check looks for periods ending in the next minutes.
+            (("current_period_end",), False),
+        )
 
 
 class Sensor(BaseModel):
@@ -82,6 +86,7 @@ class MeterReport(BaseModel):
     id = peewee.AutoField()
     HOURLY = "hourly"
     ON_DEMAND = "on_demand"
+    PERIOD_CLOSE = "period_close"
 
     # Plain text, not a foreign key: hosts with their own schema may have no organizations table.
     organization_id = peewee.TextField(index=True)
@@ -103,6 +108,8 @@ class MeterReport(BaseModel):
 
     class Meta:
         table_name = "meter_reports"
+        # Catch-up reads each organization's hourly rows by hour.
+        indexes = ((("organization_id", "period_hour"), False),)
 
 
 def tuples(query: Any) -> list[tuple[Any, ...]]:

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -101,22 +101,22 @@ class Reporter:
             o: ledger.on_demand_identifier(o, self.event_name, request_id) for o in organization_ids
         }
 
-    def _count(self, organization_ids: list[str], hour: str | None) -> tuple[Any, dict[str, int]]:
+    def _count(
+        self, organization_ids: list[str], deadline: datetime | None
+    ) -> tuple[datetime, dict[str, int]]:
         """The counts and the moment they stand for.
 
-        Normally the count is read now, when the job runs, not when it was queued. An hourly
-        report whose hour is already over (a delayed or retried job) must still land inside
-        its hour: it is stamped at the hour's last second, with the count as of that moment
-        where the source keeps history (``count_active_sensors_at``).
+        Normally the count is read now, when the job runs, not when it was queued. A report
+        that must land by a ``deadline`` already past (the last second of a delayed hourly
+        report's hour, or of a billing period) is stamped at the deadline instead, with the
+        count as of that moment where the source keeps history (``count_active_sensors_at``).
         """
         now = utcnow().replace(microsecond=0)
-        if hour is not None:
-            last_second = ledger.parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
-            if now > last_second:
-                historical = getattr(self.source, "count_active_sensors_at", None)
-                if historical is not None:
-                    return last_second, historical(organization_ids, last_second)
-                return last_second, self.source.count_active_sensors(organization_ids)
+        if deadline is not None and now > deadline:
+            historical = getattr(self.source, "count_active_sensors_at", None)
+            if historical is not None:
+                return deadline, historical(organization_ids, deadline)
+            return deadline, self.source.count_active_sensors(organization_ids)
         return now, self.source.count_active_sensors(organization_ids)
 
     def prepare(
@@ -126,8 +126,14 @@ class Reporter:
         hour: str | None,
         request_id: str | None,
         job_id: str | None,
+        deadline: datetime | None = None,
+        kind: str | None = None,
     ) -> tuple[dict[str, LedgerRow], ChunkResult]:
         """Create pending rows for organizations not yet in the ledger; return all their rows."""
+        if hour is not None:
+            deadline = ledger.parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
+            kind = MeterReport.HOURLY
+        kind = kind or MeterReport.ON_DEMAND
         result = ChunkResult()
         identifiers = self.identifiers(organization_ids, hour, request_id)
         rows = ledger.find(list(identifiers.values()))
@@ -138,7 +144,7 @@ class Reporter:
                 if org not in customers:
                     result.skipped[org] = self.source.explain_not_billable(org)
             billable = [o for o in missing if o in customers]
-            measured_at, counts = self._count(billable, hour)
+            measured_at, counts = self._count(billable, deadline)
             for org in billable:
                 problem = _count_problem(counts.get(org, 0))
                 if problem:
@@ -155,7 +161,7 @@ class Reporter:
                         customer=customers[o],
                         value=counts.get(o, 0),
                         measured_at=measured_at,
-                        kind=MeterReport.HOURLY if hour is not None else MeterReport.ON_DEMAND,
+                        kind=kind,
                         period_hour=period,
                     )
                     for o in billable
@@ -176,10 +182,18 @@ class Reporter:
         request_id: str | None = None,
         job_id: str | None = None,
         final_attempt: bool = True,
+        deadline: datetime | None = None,
+        kind: str | None = None,
     ) -> ChunkResult:
-        """Report every organization of the chunk once; the result says what is left to retry."""
+        """Report every organization of the chunk once; the result says what is left to retry.
+
+        ``deadline`` (naive UTC) is the last moment the report may stand for; hourly reports
+        get their hour's last second.
+        """
         started = time.perf_counter()
-        rows, result = self.prepare(database, organization_ids, hour, request_id, job_id)
+        rows, result = self.prepare(
+            database, organization_ids, hour, request_id, job_id, deadline, kind
+        )
         for org, reason in result.skipped.items():
             log.info("report.skipped", organization_id=org, reason=reason, job_id=job_id)
         self.send_rows(database, rows, result, job_id=job_id, final_attempt=final_attempt)

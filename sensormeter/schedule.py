@@ -7,10 +7,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from rq.job import Job
 from rq_scheduler import Scheduler
 
 from .jobs import JSONJob, report_all_sensor_counts
+from .settings import Settings
+
+log = structlog.get_logger("sensormeter.schedule")
 
 HOURLY_JOB_PREFIX = "sensormeter-hourly"  # rq 2.8+ refuses ':' in job ids.
 HOURLY_CRON = "0 * * * *"
@@ -33,6 +37,34 @@ def make_scheduler(queue_name: str, connection: object, interval: int = 5) -> Sc
     return Scheduler(
         queue_name=queue_name, connection=connection, interval=interval, job_class=JSONJob
     )
+
+
+class ReportingScheduler(Scheduler):  # type: ignore[misc]
+    """rq-scheduler that re-registers its jobs, and catches up, when Redis has lost them."""
+
+    def __init__(self, settings: Settings, connection: object, interval: int = 5) -> None:
+        super().__init__(
+            queue_name=settings.queue_name,
+            connection=connection,
+            interval=interval,
+            job_class=JSONJob,
+        )
+        self.settings = settings
+
+    def start(self) -> None:
+        """Register every scheduled job and queue a catch-up that includes the current hour."""
+        register_all(self, self.settings.queue_name)
+        from .catchup import enqueue_catch_up
+
+        enqueue_catch_up(self.settings, self.connection, include_current=True)
+
+    def enqueue_jobs(self) -> Any:
+        """Each tick: if the registrations are gone (Redis restarted empty), start over."""
+        queue_name = self.settings.queue_name
+        if self.connection.zscore(self.scheduled_jobs_key, hourly_job_id(queue_name)) is None:
+            log.warning("scheduler.registrations_lost", queue=queue_name)
+            self.start()
+        return super().enqueue_jobs()
 
 
 def hourly_job_id(queue_name: str) -> str:
@@ -110,3 +142,33 @@ def scheduled_run_time(scheduler: Scheduler, queue_name: str) -> datetime | None
     """When the hourly job of ``queue_name`` runs next (aware UTC), or None if not scheduled."""
     score = scheduler.connection.zscore(scheduler.scheduled_jobs_key, hourly_job_id(queue_name))
     return None if score is None else datetime.fromtimestamp(float(score), UTC)
+
+
+CLOSE_CRON = "* * * * *"
+
+
+def close_job_id(queue_name: str) -> str:
+    """The fixed id of the period-close check for a queue."""
+    return f"sensormeter-close-{queue_name}"
+
+
+def register_close_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
+    """Every minute, queue reports for billing periods about to end; safe on every start."""
+    from .period_close import close_periods
+
+    queue_name = queue_name or scheduler.queue_name
+    return _register(
+        scheduler,
+        close_job_id(queue_name),
+        CLOSE_CRON,
+        close_periods,
+        queue_name,
+        "every minute: report the count of billing periods about to end",
+    )
+
+
+def register_all(scheduler: Scheduler, queue_name: str) -> None:
+    """Register the hourly fan-out, the stale-pending sweep and the period-close check."""
+    register_hourly_job(scheduler, queue_name)
+    register_sweep_job(scheduler, queue_name)
+    register_close_job(scheduler, queue_name)

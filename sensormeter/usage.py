@@ -108,6 +108,17 @@ class DatabaseUsageSource:
         counts.update({org_id: int(n) for org_id, n in tuples(query)})
         return counts
 
+    def periods_ending(self, after: datetime, until: datetime) -> dict[str, datetime]:
+        """Billable organizations whose ``current_period_end`` is in (after, until], naive UTC."""
+        org = Subscription.organization_id  # type: ignore[attr-defined]
+        end = Subscription.current_period_end
+        query = (
+            Subscription.select(org, end)
+            .where(self._billable() & (end > after) & (end <= until))
+            .order_by(org, Subscription.id)
+        )
+        return {org_id: _naive(ends) for org_id, ends in tuples(query)}
+
     def explain_not_billable(self, organization_id: str) -> str:
         """Distinguish an unknown organization, a missing customer and a non-billable status."""
         if not Organization.select().where(Organization.id == organization_id).exists():
@@ -125,15 +136,34 @@ class DatabaseUsageSource:
         return "no Stripe customer on its billable subscription"
 
 
+def _naive(value: Any) -> datetime:
+    # SQLite hands datetimes back as text when peewee cannot coerce them.
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=None)
+
+
 class InMemoryUsageSource:
     """A twin of :class:`DatabaseUsageSource` over plain dicts, for fast tests and examples."""
 
     def __init__(
-        self, customers: Mapping[str, str], counts: Mapping[str, int] | None = None
+        self,
+        customers: Mapping[str, str],
+        counts: Mapping[str, int] | None = None,
+        period_ends: Mapping[str, datetime] | None = None,
     ) -> None:
         self.customers = dict(customers)
         self.counts = dict(counts or {})
+        self.period_ends = dict(period_ends or {})
         self.queries = 0
+
+    def periods_ending(self, after: datetime, until: datetime) -> dict[str, datetime]:
+        """Billable organizations whose period ends in (after, until]."""
+        self.queries += 1
+        return {
+            o: end
+            for o, end in self.period_ends.items()
+            if self.customers.get(o) and after < end <= until
+        }
 
     def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
         """Billable ids after ``after``, ascending."""

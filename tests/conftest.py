@@ -133,6 +133,8 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
             "SENSORMETER_RETRY_BACKOFF_SECONDS": str(settings.retry_backoff_seconds),
             "SENSORMETER_STRIPE_TIMEOUT_SECONDS": str(settings.stripe_timeout_seconds),
             "SENSORMETER_CHUNK_SIZE": str(settings.chunk_size),
+            "SENSORMETER_CATCHUP_HOURS": str(settings.catchup_hours),
+            "SENSORMETER_PERIOD_CLOSE_MINUTES": str(settings.period_close_minutes),
         }
     )
     env.update(extra)

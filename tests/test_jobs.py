@@ -104,7 +104,12 @@ class TestFanOut:
         summary = report_all_sensor_counts()
         assert (summary["organizations"], summary["chunks"]) == (25, 3)
         queue = make_queue(runtime.settings, runtime.redis)
-        assert sorted(len(j.args[0]) for j in queue.get_jobs()) == [5, 10, 10]
+        chunk_jobs = [j for j in queue.get_jobs() if j.func_name.endswith("process_meter_report")]
+        assert sorted(len(j.args[0]) for j in chunk_jobs) == [5, 10, 10]
+        # The hourly tick also queues the catch-up that looks back for missed hours.
+        assert [j.func_name for j in queue.get_jobs() if j not in chunk_jobs] == [
+            "sensormeter.catchup.catch_up"
+        ]
         work(runtime)
         assert sorted(e.value for e in emulator.events()) == list(range(25))
 

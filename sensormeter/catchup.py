@@ -1,0 +1,204 @@
+"""Catch-up: hours with no delivered hourly report are reported with the count as it was then.
+
+Workers down for a while, a fan-out that failed, Redis losing its queued jobs: each leaves
+hours with no hourly ledger row for some organizations. The scheduler queues a catch-up when
+it starts (or finds its registrations gone) and the hourly fan-out queues one every hour; it
+looks back ``SENSORMETER_CATCHUP_HOURS`` (never beyond Stripe's 35 days) and never before the
+first hour sensormeter reported for an organization, so a first deployment bills no history.
+``sensormeter backfill`` runs the same search on demand.
+
+An hour counts as covered when its row is sent, rejected (Stripe's answer is final) or
+pending (a job or the stale-pending sweep owns it); a failed row is sent again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+import redis
+import structlog
+from rq import Queue
+
+from . import ledger
+from .jobs import _job_options, make_queue, process_meter_report
+from .models import MeterReport, tuples, utcnow
+from .runtime import get_runtime
+from .settings import Settings
+from .usage import UsageSource, iter_billable_chunks
+
+log = structlog.get_logger("sensormeter.catchup")
+
+COVERED = (MeterReport.SENT, MeterReport.REJECTED, MeterReport.PENDING)
+_ENQUEUE_BATCH = 200
+
+
+def hours_between(first: datetime, last: datetime) -> list[datetime]:
+    """Every UTC hour from ``first`` to ``last``, both included."""
+    hours, hour = [], ledger.hour_start(first)
+    while hour <= last:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+def catchup_window(settings: Settings, now: datetime, *, include_current: bool) -> list[datetime]:
+    """The hours catch-up looks at: the last ``catchup_hours``, the current one optionally."""
+    current = ledger.hour_start(now)
+    last = current if include_current else current - timedelta(hours=1)
+    first = current - timedelta(hours=settings.catchup_hours)
+    return hours_between(first, last) if settings.catchup_hours else []
+
+
+def _as_datetime(value: Any) -> datetime:
+    # SQLite hands aggregates back as text; PostgreSQL as datetimes.
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def find_gaps(
+    event_name: str, organization_ids: Sequence[str], hours: Sequence[datetime]
+) -> dict[datetime, list[str]]:
+    """Hours (among ``hours``) each organization lacks a covered hourly report for.
+
+    One aggregate query for the chunk; only organizations it shows incomplete are read in
+    detail. An organization with no hourly row at all is never caught up (first deployment).
+    """
+    if not organization_ids or not hours:
+        return {}
+    first, last = hours[0], hours[-1]
+    org = MeterReport.organization_id
+    hourly = (
+        (MeterReport.kind == MeterReport.HOURLY)
+        & (MeterReport.event_name == event_name)
+        & org.in_(list(organization_ids))
+    )
+    in_window = hourly & (MeterReport.period_hour >= first) & (MeterReport.period_hour <= last)
+    covered = peewee.Case(None, [(MeterReport.status.in_(COVERED), 1)], 0)
+    summary = tuples(
+        MeterReport.select(org, peewee.fn.MIN(MeterReport.period_hour), peewee.fn.SUM(covered))
+        .where(in_window)
+        .group_by(org)
+    )
+    complete = {
+        o for o, earliest, n in summary if _as_datetime(earliest) == first and n == len(hours)
+    }
+    suspects = [o for o in organization_ids if o not in complete]
+    if not suspects:
+        return {}
+    seen: dict[str, dict[datetime, str]] = defaultdict(dict)
+    for o, hour, status in tuples(
+        MeterReport.select(org, MeterReport.period_hour, MeterReport.status).where(
+            in_window & org.in_(suspects)
+        )
+    ):
+        seen[o][_as_datetime(hour)] = status
+    earlier = {
+        o
+        for (o,) in tuples(
+            MeterReport.select(org)
+            .where(hourly & org.in_(suspects) & (MeterReport.period_hour < first))
+            .group_by(org)
+        )
+    }
+    gaps: dict[datetime, list[str]] = defaultdict(list)
+    for o in suspects:
+        if o in earlier:
+            floor = first
+        elif seen[o]:
+            floor = min(seen[o])  # the first hour sensormeter reported for it
+        else:
+            continue  # never reported: a first deployment does not bill history
+        for hour in hours:
+            if hour >= floor and seen[o].get(hour) not in COVERED:
+                gaps[hour].append(o)
+    return dict(gaps)
+
+
+def iter_gaps(
+    source: UsageSource,
+    settings: Settings,
+    hours: Sequence[datetime],
+    organization_ids: Sequence[str] | None = None,
+) -> Iterator[tuple[str, list[str]]]:
+    """Yield (hour label, organizations) to report, chunk by chunk of billable organizations."""
+    if organization_ids is not None:
+        customers = source.billable_customers(list(organization_ids))
+        chunks: Iterator[list[str]] = iter(
+            [[o for o in organization_ids if o in customers]] if customers else []
+        )
+    else:
+        chunks = iter_billable_chunks(source, settings.chunk_size)
+    for chunk in chunks:
+        gaps = find_gaps(settings.meter_event_name, chunk, hours)
+        for hour in sorted(gaps):
+            yield ledger.format_hour(hour), gaps[hour]
+
+
+def catch_up(include_current: bool = False) -> dict[str, Any]:
+    """RQ job: queue a report job for every (hour, chunk) that lacks delivered reports."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    hours = catchup_window(settings, utcnow(), include_current=include_current)
+    queue = make_queue(settings, runtime.redis)
+    batch: list[Any] = []
+    jobs = reports = 0
+
+    def flush() -> None:
+        with runtime.redis.pipeline() as pipe:
+            queue.enqueue_many(batch, pipeline=pipe)
+            pipe.execute()
+        batch.clear()
+
+    with runtime.database.connection_context():
+        for label, orgs in iter_gaps(runtime.source, settings, hours):
+            batch.append(
+                Queue.prepare_data(
+                    process_meter_report,
+                    args=(orgs,),
+                    kwargs={"hour": label},
+                    job_id=f"catchup-{label.replace(':', '')}-{uuid.uuid4().hex[:12]}",
+                    description=f"catch-up {label}, {len(orgs)} organizations",
+                    **_job_options(settings, "timeout"),
+                )
+            )
+            jobs += 1
+            reports += len(orgs)
+            log.warning("catchup.missing_hour", hour=label, organizations=len(orgs))
+            if len(batch) >= _ENQUEUE_BATCH:
+                flush()
+    if batch:
+        flush()
+    window = f"{ledger.format_hour(hours[0])}..{ledger.format_hour(hours[-1])}" if hours else ""
+    log.info("catchup.completed", window=window, jobs=jobs, reports=reports)
+    return {"window": window, "jobs": jobs, "reports": reports}
+
+
+def enqueue_catch_up(
+    settings: Settings, connection: redis.Redis, *, include_current: bool
+) -> str | None:
+    """Queue a catch-up job (None when catch-up is turned off); returns its job id."""
+    if not settings.catchup_hours:
+        return None
+    job = make_queue(settings, connection).enqueue(
+        catch_up,
+        include_current=include_current,
+        job_id=f"catchup-{uuid.uuid4().hex}",
+        description="catch up hours without delivered hourly reports",
+        **_job_options(settings),
+    )
+    return str(job.id)
+
+
+def backfill_window(since: datetime, until: datetime, now: datetime) -> list[datetime]:
+    """Hours for ``backfill``: since..until, refusing the future and Stripe's 35-day limit."""
+    if since > until:
+        raise ValueError(
+            f"--since {ledger.format_hour(since)} is after --until {ledger.format_hour(until)}"
+        )
+    ledger.check_reportable_hour(ledger.format_hour(since), now)
+    ledger.check_reportable_hour(ledger.format_hour(until), now)
+    return hours_between(since, until)

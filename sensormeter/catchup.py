@@ -195,10 +195,10 @@ def enqueue_catch_up(
 
 def backfill_window(since: datetime, until: datetime, now: datetime) -> list[datetime]:
     """Hours for ``backfill``: since..until, refusing the future and Stripe's 35-day limit."""
+    ledger.check_reportable_hour(ledger.format_hour(since), now)
+    ledger.check_reportable_hour(ledger.format_hour(until), now)
     if since > until:
         raise ValueError(
             f"--since {ledger.format_hour(since)} is after --until {ledger.format_hour(until)}"
         )
-    ledger.check_reportable_hour(ledger.format_hour(since), now)
-    ledger.check_reportable_hour(ledger.format_hour(until), now)
     return hours_between(since, until)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 import structlog
 from rq.job import Job
 from rq_scheduler import Scheduler
@@ -65,6 +67,34 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
             log.warning("scheduler.registrations_lost", queue=queue_name)
             self.start()
         return super().enqueue_jobs()
+
+    def run(self, burst: bool = False) -> None:
+        """rq-scheduler's loop, except that Redis going away for a while is waited out.
+
+        rq-scheduler's own loop dies on the first Redis error; a restarted Redis (or a
+        failover) must not stop the hourly reports.
+        """
+        self.register_birth()
+        self._install_signal_handlers()
+        try:
+            while True:
+                started = time.time()
+                try:
+                    self.heartbeat()
+                    if self.acquire_lock():
+                        self.enqueue_jobs()
+                        self.heartbeat()
+                        self.remove_lock()
+                        if burst:
+                            return
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._lock_acquired = False
+                    log.warning("scheduler.redis_unavailable", error=str(exc))
+                time.sleep(max(0.0, self._interval - (time.time() - started)))
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                self.remove_lock()
+                self.register_death()
 
 
 def hourly_job_id(queue_name: str) -> str:

@@ -10,7 +10,7 @@ from rq_scheduler import Scheduler
 
 from sensormeter.emulator import StripeEmulator
 from sensormeter.jobs import JSONJob, enqueue_fanout
-from sensormeter.schedule import hourly_job_id, sweep_job_id
+from sensormeter.schedule import close_job_id, hourly_job_id, sweep_job_id
 from sensormeter.settings import Settings
 
 from .conftest import (
@@ -97,7 +97,8 @@ def test_two_scheduler_processes(
     assert wait_for(lambda: job_id in reader, 30), "the hourly job was not registered"
     time.sleep(1.5)  # both have registered by now
     ids = sorted(j.id for j in reader.get_jobs())
-    assert ids == sorted([job_id, sweep_job_id(fault_settings.queue_name)])
+    queue = fault_settings.queue_name
+    assert ids == sorted([job_id, sweep_job_id(queue), close_job_id(queue)])
     # Bring the tick forward to now: both schedulers see it due at the same moment.
     conn.zadd(reader.scheduled_jobs_key, {job_id: int(time.time())})
     queue_key = f"rq:queue:{fault_settings.queue_name}"

@@ -54,13 +54,26 @@ def int_param(query: Mapping[str, str], name: str) -> int:
 
 
 def page(items: list[dict[str, Any]], query: Mapping[str, str], url: str) -> dict[str, Any]:
-    """Cut one page out of a list the way Stripe's cursor pagination does (default 10)."""
+    """Cut one page out of a list the way Stripe's cursor pagination does (default 10).
+
+    Both documented cursors work: ``starting_after`` pages forward, ``ending_before`` back.
+    """
     raw = query.get("limit", "10")
     limit = int(raw) if WHOLE_NUMBER.fullmatch(raw) else 0
     check(1 <= limit <= 100, "Invalid limit: must be between 1 and 100.", "limit")
+    after, before = query.get("starting_after"), query.get("ending_before")
+    problem = "You may only specify one of these parameters: ending_before, starting_after."
+    check(not (after and before), problem, "ending_before")
+    ids = [item["id"] for item in items]
+    if before:
+        # Stripe documents ending_before as the way back: the page just before the cursor,
+        # in the same order, with has_more saying whether anything is left before it.
+        check(before in ids, f"No such object: '{before}'", "ending_before")
+        stop = ids.index(before)
+        first = max(0, stop - limit)
+        return {"object": "list", "data": items[first:stop], "has_more": first > 0, "url": url}
     start = 0
-    if after := query.get("starting_after"):
-        ids = [item["id"] for item in items]
+    if after:
         check(after in ids, f"No such object: '{after}'", "starting_after")
         start = ids.index(after) + 1
     page = items[start : start + limit]

@@ -13,6 +13,7 @@ from .errors import (
     RetryableReportError,
     SensormeterError,
     ServiceUnavailable,
+    WebhookError,
 )
 from .jobs import (
     enqueue_fanout,
@@ -27,6 +28,7 @@ from .runtime import Runtime, get_runtime, make_redis, set_runtime
 from .schedule import register_hourly_job
 from .settings import Settings
 from .usage import DatabaseUsageSource, InMemoryUsageSource, UsageSource
+from .webhook import WebhookResult, handle_stripe_webhook
 
 __all__ = [
     "ConfigurationError",
@@ -45,9 +47,12 @@ __all__ = [
     "StripeMeterClient",
     "StripeStreamClient",
     "UsageSource",
+    "WebhookError",
+    "WebhookResult",
     "enqueue_fanout",
     "enqueue_sensor_report",
     "get_runtime",
+    "handle_stripe_webhook",
     "make_redis",
     "make_queue",
     "process_meter_report",

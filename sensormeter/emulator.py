@@ -39,6 +39,7 @@ MAX_NAME_LENGTH = 100
 _API_KEY = re.compile(r"(sk|rk)_(test|live)_\S+")
 _PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]")
 _SUMMARIES_PATH = re.compile(r"/v1/billing/meters/([^/]+)/event_summaries")
+_EVENT_PATH = re.compile(r"/v2/core/events/([^/]+)")
 _FIELDS = ("event_name", "identifier", "timestamp")
 
 _Fault = tuple[int | None, str | None]  # status (None: drop the connection), message
@@ -145,6 +146,7 @@ class StripeEmulator:
         self._bucket = TokenBucket(rate_limit)
         self._sessions = SessionStore(clock, session_ttl)
         self._error_reports: list[dict[str, Any]] = []
+        self._v2_events: dict[str, dict[str, Any]] = {}
         self._connections: set[socket.socket] = set()
 
     def start(self) -> StripeEmulator:
@@ -205,6 +207,11 @@ class StripeEmulator:
         """Stream events refused after their request was accepted (Stripe's async errors)."""
         with self._lock:
             return list(self._error_reports)
+
+    def add_v2_event(self, event: dict[str, Any]) -> None:
+        """Register a full v2 event (as ``GET /v2/core/events/{id}`` returns it) under its id."""
+        with self._lock:
+            self._v2_events[str(event["id"])] = dict(event)
 
     def set_rate_limit(self, events_per_second: float | None) -> None:
         """Answer 429 beyond this many meter events per second (v1 calls and v2 stream events)."""
@@ -284,6 +291,13 @@ class StripeEmulator:
                         self._meter_list(), self.events(), match.group(1), params, path
                     )
                     return 200, found, {}
+                match = _EVENT_PATH.fullmatch(path)
+                if method == "GET" and match:
+                    with self._lock:
+                        event = self._v2_events.get(match.group(1))
+                    if event is None:
+                        raise Reply(404, f"No such event: '{match.group(1)}'", code="not_found")
+                    return 200, event, {}
             raise Reply(404, f"Unrecognized request URL ({method}: {path}).")
         except Reply as reply:
             return reply.response

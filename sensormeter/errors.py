@@ -56,3 +56,28 @@ class ReportsFailed(SensormeterError):
         )
         self.organization_ids = organization_ids
         self.reason = reason
+
+
+class WebhookError(SensormeterError):
+    """Raised when a Stripe webhook delivery cannot be verified, read or completed.
+
+    Nothing in the ledger has changed when it is raised. ``retryable`` is False for a
+    delivery that will never be accepted (no secret configured, bad or stale signature,
+    malformed body): answer it with 400. It is True when the event's data could not be
+    fetched from Stripe: answer with a 5xx so that Stripe delivers the event again.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        event_id: str | None = None,
+        retryable: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        where = f" (event {event_id})" if event_id else ""
+        super().__init__(f"Stripe webhook not handled{where}: {problem}")
+        self.problem = problem
+        self.event_id = event_id
+        self.retryable = retryable
+        self.request_id = request_id

@@ -6,19 +6,54 @@ import multiprocessing
 import os
 import signal
 import time
+from typing import Any
 
 import redis
 import structlog
 from rq import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.worker import HerokuWorker
+from rq.worker import HerokuWorker, WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from .jobs import JSONJob, make_queue
 from .settings import Settings
 
 log = structlog.get_logger("sensormeter.worker")
+
+
+class ReportingWorker(HerokuWorker):
+    """A HerokuWorker that, told to stop between two jobs, stops instead of waiting for work.
+
+    rq marks a worker idle only when its next dequeue starts. A SIGTERM that lands between
+    the end of a job and that moment finds it "busy", so rq merely notes the request and then
+    blocks in BLMOVE for up to its dequeue timeout (minutes), past Heroku's 30 s grace.
+    """
+
+    def subscribe(self) -> None:
+        """Start rq's command listener thread with the stop signals blocked in it.
+
+        A signal sent to the process goes to any thread that does not block it. When the
+        listener thread took SIGTERM, the main thread, blocked in BLMOVE or waiting for its
+        work horse, did not run the handler until that call returned: the worker outlived
+        Heroku's 30 s, or let a job run on that it should have cut off. A new thread inherits
+        the creating thread's signal mask, so block them around the thread's start.
+        """
+        blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGRTMIN}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            super().subscribe()  # type: ignore[no-untyped-call]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> Any:
+        """Mark the worker idle first, so a stop request is either seen here or raised at once."""
+        self.set_state(WorkerStatus.IDLE)
+        if self._stop_requested:
+            return None
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
 
 def pending_work(queue: Queue) -> tuple[int, int]:
@@ -51,7 +86,7 @@ def run_pool(settings: Settings, connection: redis.Redis, workers: int, burst: b
         connection=connection,
         num_workers=workers,
         # HerokuWorker lets a job finish for 6 s after SIGTERM, then fails it so RQ retries it.
-        worker_class=HerokuWorker,
+        worker_class=ReportingWorker,
         serializer=JSONSerializer,
         job_class=JSONJob,
     )
@@ -64,7 +99,7 @@ def _burst_worker(settings: Settings, index: int) -> None:
 
     connection = make_redis(settings.redis_url)
     queue = make_queue(settings, connection)
-    worker = HerokuWorker(
+    worker = ReportingWorker(
         [queue], connection=connection, serializer=JSONSerializer, job_class=JSONJob
     )
     idle_checks = 0

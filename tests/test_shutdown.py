@@ -9,6 +9,7 @@ import tempfile
 import time
 
 import peewee
+import pytest
 import redis
 
 from sensormeter import enqueue_sensor_report
@@ -16,6 +17,7 @@ from sensormeter.emulator import StripeEmulator
 from sensormeter.jobs import make_queue
 from sensormeter.models import MeterReport
 from sensormeter.settings import Settings
+from sensormeter.worker import ReportingWorker
 
 from .conftest import SENSORMETER, cli_env
 from .factories import make_org
@@ -77,3 +79,27 @@ def test_sigterm_mid_job_is_retried_not_lost(
     assert [e.identifier for e in emulator.events()] == [row.identifier]
     queue = make_queue(settings, redis_conn)
     assert queue.count == 0 and queue.failed_job_registry.count == 0
+
+
+def _blocked_signals(thread_id: int) -> set[int]:
+    """The signals a thread of this process blocks, from /proc (Linux)."""
+    with open(f"/proc/self/task/{thread_id}/status") as status:
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads thread masks from /proc")
+def test_command_listener_thread_never_takes_the_stop_signals(
+    settings: Settings, redis_conn: redis.Redis
+) -> None:
+    """SIGTERM must reach the worker's main thread, never rq's pub/sub listener thread."""
+    worker = ReportingWorker([make_queue(settings, redis_conn)], connection=redis_conn)
+    worker.subscribe()
+    try:
+        listener = worker.pubsub_thread
+        assert listener.native_id is not None
+        blocked = _blocked_signals(listener.native_id)
+        assert {signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGRTMIN} <= blocked
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        worker.unsubscribe()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -164,12 +165,28 @@ def stop_group(
         os.killpg(process.pid, sig)
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        stacks = _stacks(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        tail = log_tail(process) if hasattr(process, "log") else ""
-        raise AssertionError(f"still running {timeout} s after signal {sig}:\n{tail}") from None
+        tail = log_tail(process, 12000) if hasattr(process, "log") else ""
+        raise AssertionError(
+            f"still running {timeout} s after signal {sig}:\n{tail}\n{stacks}"
+        ) from None
     except ProcessLookupError:
         return process.wait()
+
+
+def _stacks(group: int) -> str:
+    """Python stacks of a hung process group, when py-spy is installed (a debugging aid)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return ""
+    pids = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout
+    dumps = []
+    for pid in pids.split():
+        dump = subprocess.run([spy, "dump", "--pid", pid], capture_output=True, text=True)
+        dumps.append(f"--- {pid}\n{dump.stdout}{dump.stderr}")
+    return "\n".join(dumps)
 
 
 def current_hour() -> str:

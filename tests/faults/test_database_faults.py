@@ -98,11 +98,6 @@ def postgres() -> Iterator[peewee.Database]:
     db.close()
 
 
-@pytest.mark.skip(
-    reason="open problem: every report lands exactly once, but in about one run in three one "
-    "of the pool's two workers does not exit within 30 s of SIGTERM after the outage "
-    "(rq.worker_pool keeps 'Waiting for workers to shutdown'); see the 2026-11-29 closing note"
-)
 def test_database_unreachable_for_a_while(
     fault_settings: Settings, postgres: peewee.Database, emulator: StripeEmulator
 ) -> None:

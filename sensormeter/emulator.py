@@ -56,6 +56,7 @@ class ReceivedEvent:
     timestamp: int
     received_at: float
     payload: dict[str, str]
+    idempotency_key: str | None = None
 
 
 def _mask(key: str) -> str:
@@ -372,7 +373,12 @@ class StripeEmulator:
             bool(WHOLE_NUMBER.fullmatch(raw_ts)), "Invalid timestamp: not an integer.", "timestamp"
         )
         event = self._record(
-            fields.get("event_name", ""), fields.get("identifier"), payload, int(raw_ts), now
+            fields.get("event_name", ""),
+            fields.get("identifier"),
+            payload,
+            int(raw_ts),
+            now,
+            headers.get("Idempotency-Key"),
         )
         if event is None:
             problem = f"An event already exists with identifier {fields.get('identifier')}."
@@ -388,7 +394,13 @@ class StripeEmulator:
         return 200, answer, {}
 
     def _record(
-        self, name: str, identifier: str | None, payload: dict[str, str], timestamp: int, now: float
+        self,
+        name: str,
+        identifier: str | None,
+        payload: dict[str, str],
+        timestamp: int,
+        now: float,
+        idempotency_key: str | None = None,
     ) -> ReceivedEvent | None:
         """Validate one event and keep it; None when its identifier was seen in the last 24 h."""
         check(bool(name), "Missing required param: event_name.", "event_name")
@@ -407,7 +419,9 @@ class StripeEmulator:
         identifier = identifier if identifier is not None else "evt_" + secrets.token_hex(12)
         problem = f"Invalid identifier: must be 1 to {MAX_NAME_LENGTH} characters."
         check(0 < len(identifier) <= MAX_NAME_LENGTH, problem, "identifier")
-        event = ReceivedEvent(name, identifier, customer, int(value or 0), timestamp, now, payload)
+        event = ReceivedEvent(
+            name, identifier, customer, int(value or 0), timestamp, now, payload, idempotency_key
+        )
         # Check and record under one lock: of two concurrent repeats exactly one may win.
         with self._lock:
             seen = self._identifiers.get(identifier)

@@ -50,6 +50,16 @@ class TestEnqueueSensorReport:
         work(runtime)
         assert [(e.customer, e.value) for e in emulator.events()] == [("cus_acme", 3)]
 
+    def test_idempotency_key_is_the_identifier(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """Stripe's async error reports quote a request key: it must name the ledger row."""
+        make_org("acme", active=2)
+        enqueue_sensor_report("acme", settings=runtime.settings, connection=runtime.redis)
+        work(runtime)
+        [event] = emulator.events()
+        assert event.idempotency_key == event.identifier == MeterReport.get().identifier
+
     def test_count_is_read_when_the_job_runs(
         self, runtime: Runtime, emulator: StripeEmulator
     ) -> None:

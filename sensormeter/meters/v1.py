@@ -42,7 +42,10 @@ class StripeMeterClient:
                         self.customer_key: event.customer,
                         self.value_key: str(event.value),
                     },
-                }
+                },
+                # The idempotency key is the identifier too: whichever of the two Stripe's
+                # asynchronous error reports quote, it names the ledger row.
+                options={"idempotency_key": event.identifier},
             )
         except stripe.StripeError as exc:
             return classify_error(exc)

@@ -25,7 +25,7 @@ import structlog
 from rq import Queue
 
 from . import ledger
-from .jobs import _job_options, make_queue, process_meter_report
+from .jobs import _job_options, enqueue_batch, make_queue, process_meter_report
 from .models import MeterReport, tuples, utcnow
 from .runtime import get_runtime
 from .settings import Settings
@@ -148,9 +148,7 @@ def catch_up(include_current: bool = False) -> dict[str, Any]:
     jobs = reports = 0
 
     def flush() -> None:
-        with runtime.redis.pipeline() as pipe:
-            queue.enqueue_many(batch, pipeline=pipe)
-            pipe.execute()
+        enqueue_batch(queue, batch)
         batch.clear()
 
     with runtime.database.connection_context():

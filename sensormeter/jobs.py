@@ -59,6 +59,15 @@ def make_retry(settings: Settings) -> Retry | None:
     )
 
 
+def enqueue_batch(queue: Queue, batch: list[Any]) -> None:
+    """Queue many prepared jobs (``Queue.prepare_data``) in one pipeline round trip."""
+    if not batch:
+        return
+    with queue.connection.pipeline() as pipe:
+        queue.enqueue_many(batch, pipeline=pipe)
+        pipe.execute()
+
+
 def waiting_key(settings: Settings, organization_id: str) -> str:
     """Redis key that marks an on-demand report as queued and not yet started."""
     return f"sensormeter:{settings.queue_name}:waiting:{organization_id}"
@@ -218,10 +227,7 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
     batch: list[Any] = []
 
     def flush() -> None:
-        # One pipeline round trip for many chunk jobs (Queue.enqueue_many).
-        with runtime.redis.pipeline() as pipe:
-            queue.enqueue_many(batch, pipeline=pipe)
-            pipe.execute()
+        enqueue_batch(queue, batch)
         batch.clear()
 
     db_seconds = 0.0

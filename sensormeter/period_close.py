@@ -20,7 +20,7 @@ import structlog
 from rq import Queue, get_current_job
 
 from . import ledger
-from .jobs import _job_options, make_queue
+from .jobs import _job_options, enqueue_batch, make_queue
 from .models import MeterReport, utcnow
 from .reporter import Reporter
 from .runtime import get_runtime
@@ -116,10 +116,8 @@ def close_periods() -> dict[str, Any]:
                     **_job_options(settings, "timeout"),
                 )
             )
+    enqueue_batch(queue, jobs)
     if jobs:
-        with runtime.redis.pipeline() as pipe:
-            queue.enqueue_many(jobs, pipeline=pipe)
-            pipe.execute()
         log.info(
             "period_close.queued",
             organizations=sum(len(v) for v in by_end.values()),

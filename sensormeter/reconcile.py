@@ -20,7 +20,7 @@ import peewee
 import stripe
 
 from .errors import SensormeterError, ServiceUnavailable
-from .ledger import format_hour, hour_start
+from .ledger import format_hour, hour_start, parse_hour_option
 from .meter import make_stripe_client
 from .models import MeterReport
 from .settings import Settings
@@ -210,12 +210,10 @@ def compare(entries: Iterable[LedgerEntry], summaries: Iterable[StripeHour]) -> 
 
 def parse_bound(label: str, option: str) -> datetime:
     """Parse ``YYYY-MM-DDTHH`` (a UTC hour) or ``YYYY-MM-DD`` (that day's first hour)."""
-    for form in ("%Y-%m-%dT%H", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(label.strip(), form)
-        except ValueError:
-            continue
-    raise InvalidWindow(f"{option} {label!r} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD")
+    try:
+        return parse_hour_option(label)
+    except ValueError as exc:
+        raise InvalidWindow(f"{option} {exc}") from None
 
 
 def window(since: str | None, until: str | None, now: datetime) -> tuple[datetime, datetime]:

@@ -16,7 +16,7 @@ import structlog
 from rq import Queue, get_current_job
 
 from . import ledger
-from .jobs import _job_options, make_queue
+from .jobs import _job_options, enqueue_batch, make_queue
 from .models import utcnow
 from .reporter import Reporter
 from .runtime import get_runtime
@@ -60,21 +60,18 @@ def enqueue_resend(settings: Settings, connection: redis.Redis, report_ids: list
         report_ids[i : i + settings.chunk_size]
         for i in range(0, len(report_ids), settings.chunk_size)
     ]
-    if chunks:
-        with connection.pipeline() as pipe:
-            queue.enqueue_many(
-                [
-                    Queue.prepare_data(
-                        resend_reports,
-                        args=(chunk,),
-                        description=f"resend {len(chunk)} ledger rows",
-                        **_job_options(settings, "timeout"),
-                    )
-                    for chunk in chunks
-                ],
-                pipeline=pipe,
+    enqueue_batch(
+        queue,
+        [
+            Queue.prepare_data(
+                resend_reports,
+                args=(chunk,),
+                description=f"resend {len(chunk)} ledger rows",
+                **_job_options(settings, "timeout"),
             )
-            pipe.execute()
+            for chunk in chunks
+        ],
+    )
     return len(chunks)
 
 

@@ -29,6 +29,16 @@ from sensormeter.settings import Settings
 
 from ..conftest import SENSORMETER, cli_env, unavailable
 
+# Each fault test is bounded: a hang fails that test (with its stacks), never the whole run.
+FAULT_TEST_TIMEOUT_SECONDS = 300
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test under tests/faults/ a hard time limit."""
+    for item in items:
+        if "faults" in item.nodeid.split("::")[0].split("/"):
+            item.add_marker(pytest.mark.timeout(FAULT_TEST_TIMEOUT_SECONDS))
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -44,7 +44,9 @@ def test_redis_restarted_empty_while_jobs_are_queued(
     scheduler = start_cli(fault_settings, "scheduler", "--interval", "1")
     try:
         reader = make_scheduler(fault_settings.queue_name, conn)
-        assert wait_for(lambda: hourly_job_id(fault_settings.queue_name) in reader, 30)
+        assert wait_for(lambda: hourly_job_id(fault_settings.queue_name) in reader, 30), log_tail(
+            scheduler
+        )
         enqueue_fanout(fault_settings, conn, hour)  # this hour's work, queued, no worker yet
         queue_key = f"rq:queue:{fault_settings.queue_name}"
         assert conn.llen(queue_key) >= 1
@@ -57,10 +59,11 @@ def test_redis_restarted_empty_while_jobs_are_queued(
         assert wait_for(lambda: hourly_job_id(fault_settings.queue_name) in reader, 30), log_tail(
             scheduler
         )
-        assert wait_for(lambda: conn.llen(queue_key) >= 1, 30), "no catch-up was queued"
+        assert wait_for(lambda: conn.llen(queue_key) >= 1, 30), log_tail(scheduler)
         assert len(emulator.events()) == sent_before  # nothing of this hour was sent yet
         done = run_cli(fault_settings, "worker", "-n", "2", "--burst", timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert_billed_exactly_once(emulator, customers, hour)
     finally:
         assert stop_group(scheduler, signal.SIGTERM, timeout=20) == 0, log_tail(scheduler)
     assert_billed_exactly_once(emulator, customers, hour)

@@ -12,6 +12,7 @@ from typing import Any
 import peewee
 
 from .errors import InvalidOrganizationId
+from .logs import scrub
 from .meter import MeterEvent, Outcome, SendResult
 from .models import MeterReport, tuples, utcnow
 
@@ -268,7 +269,8 @@ def apply_attempt(row: LedgerRow, result: SendResult, *, final_attempt: bool, no
     else:
         row.status = MeterReport.FAILED if final_attempt else MeterReport.PENDING
     if result.error and not result.outcome.delivered:
-        row.last_error = result.error[:_ERROR_LIMIT]
+        # An error text may quote a key or a URL with a password: never store those.
+        row.last_error = scrub(result.error)[:_ERROR_LIMIT]
     if result.request_id:
         row.stripe_request_id = result.request_id
     return str(row.status)

@@ -10,9 +10,11 @@ from typing import Any, TextIO
 
 import structlog
 
-# Stripe keys and the password part of URLs (redis://:pw@host, postgresql://u:pw@host).
+# Stripe keys, webhook signing secrets and the password part of URLs (redis://:pw@host,
+# postgresql://u:pw@host).
 _SECRET_PATTERNS = [
     (re.compile(r"\b(sk|rk|pk)_(live|test)_[A-Za-z0-9_]+"), r"\1_\2_***"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9_]+"), "whsec_***"),
     (
         re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"),
         r"\g<scheme>\g<user>:***@",
@@ -21,7 +23,7 @@ _SECRET_PATTERNS = [
 
 
 def scrub(text: str) -> str:
-    """Remove Stripe keys and URL passwords from a string."""
+    """Remove Stripe keys, webhook secrets and URL passwords from a string."""
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

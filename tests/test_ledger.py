@@ -74,3 +74,19 @@ def test_parse_hour_rejects_garbage() -> None:
     assert ledger.parse_hour("2026-11-29T04") == HOUR
     with pytest.raises(ValueError, match="YYYY-MM-DDTHH"):
         ledger.parse_hour("2026-11-29 04:00")
+
+
+def test_stored_errors_never_keep_a_key_or_a_password() -> None:
+    """An error text quoting a Stripe key or a URL password is scrubbed before the ledger."""
+    from sensormeter.meter import Outcome, SendResult
+
+    row = ledger.LedgerRow(
+        1, "acme", "id-1", "active_sensors", 3, "cus_acme", HOUR, "pending", 1, None, None
+    )
+    error = "AuthenticationError: Invalid API Key provided: sk_live_abcdef123 via redis://:pw9@h"
+    ledger.apply_attempt(
+        row, SendResult(Outcome.REJECTED, error=error), final_attempt=True, now=HOUR
+    )
+    assert row.last_error is not None
+    assert "abcdef123" not in row.last_error and "pw9" not in row.last_error
+    assert row.last_error.startswith("AuthenticationError: Invalid API Key provided: sk_live_***")

@@ -98,3 +98,23 @@ def test_retry_intervals_grow_exponentially() -> None:
     """Backoff doubles from the base, one interval per retry."""
     s = Settings(max_retries=4, retry_backoff_seconds=5)
     assert s.retry_intervals() == [5, 10, 20, 40]
+
+
+def test_webhook_secret_is_hidden_and_checked() -> None:
+    """The webhook signing secret never shows in the settings' repr or in scrubbed log text."""
+    from sensormeter.logs import scrub
+
+    s = Settings.from_env({"STRIPE_WEBHOOK_SECRET": "whsec_abcdef123456"})
+    assert "abcdef123456" not in repr(s)
+    assert scrub("verifying with whsec_abcdef123456 failed") == "verifying with whsec_*** failed"
+    with pytest.raises(ConfigurationError, match="STRIPE_WEBHOOK_SECRET"):
+        Settings.from_env({"STRIPE_WEBHOOK_SECRET": "not-a-secret"})
+
+
+def test_catchup_and_period_close_bounds() -> None:
+    """Catch-up cannot reach past Stripe's 35 days; both settings name their variable."""
+    assert Settings.from_env({"SENSORMETER_CATCHUP_HOURS": "0"}).catchup_hours == 0
+    with pytest.raises(ConfigurationError, match="SENSORMETER_CATCHUP_HOURS.*35 days"):
+        Settings.from_env({"SENSORMETER_CATCHUP_HOURS": "900"})
+    with pytest.raises(ConfigurationError, match="SENSORMETER_PERIOD_CLOSE_MINUTES"):
+        Settings.from_env({"SENSORMETER_PERIOD_CLOSE_MINUTES": "-1"})

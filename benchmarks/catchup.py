@@ -60,14 +60,16 @@ def seed_ledger(
                 ident = ledger.hourly_identifier(org, EVENT, hour)
                 stamp = hour.isoformat(sep=" ")
                 buffer.write(
-                    f"{org}\t{EVENT}\t1\t{ident}\thourly\t{stamp}\tcus_{org}\t{stamp}\tsent\n"
+                    f"{org}\t{EVENT}\t1\t{ident}\thourly\t{stamp}\tcus_{org}\t{stamp}\tsent"
+                    f"\t1\t{stamp}\t{stamp}\t{stamp}\n"
                 )
                 written += 1
         buffer.seek(0)
         with db.atomic():
             db.connection().cursor().copy_expert(
                 "COPY meter_reports (organization_id, event_name, value, identifier, kind,"
-                " period_hour, stripe_customer_id, measured_at, status) FROM STDIN",
+                " period_hour, stripe_customer_id, measured_at, status, attempts, created_at,"
+                " updated_at, sent_at) FROM STDIN",
                 buffer,
             )
     db.execute_sql("ANALYZE meter_reports")

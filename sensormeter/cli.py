@@ -157,20 +157,16 @@ def worker(workers: int, burst: bool) -> None:
 @friendly_errors
 def scheduler(burst: bool, interval: int) -> None:
     """Register the scheduled jobs (hourly at minute 0 UTC), catch up, then run rq-scheduler."""
-    from .schedule import ReportingScheduler, scheduled_run_time, use_utc_clock
+    from .schedule import ReportingScheduler, use_utc_clock
 
     use_utc_clock()
     # rq-scheduler's crontab dependency warns about its own future defaults on every start.
     warnings.filterwarnings("ignore", category=FutureWarning, module="rq_scheduler")
     settings = load_settings()
     connection = connect_redis(settings)
-    sched = ReportingScheduler(settings, connection, interval=interval)
-    sched.start()
-    next_run = scheduled_run_time(sched, settings.queue_name)
-    click.echo(
-        f"hourly report registered on {settings.queue_name}; next run {next_run} UTC", err=True
-    )
-    sched.run(burst=burst)
+    # Registration and the start-up catch-up happen inside run(), which waits out Redis
+    # outages; the "scheduler.started" line gives the next hourly run.
+    ReportingScheduler(settings, connection, interval=interval).run(burst=burst)
 
 
 @main.command("status")

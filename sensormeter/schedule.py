@@ -69,17 +69,30 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
         return super().enqueue_jobs()
 
     def run(self, burst: bool = False) -> None:
-        """rq-scheduler's loop, except that Redis going away for a while is waited out.
+        """Start (register, catch up), then run rq-scheduler's loop, waiting out Redis outages.
 
         rq-scheduler's own loop dies on the first Redis error; a restarted Redis (or a
-        failover) must not stop the hourly reports.
+        failover), even one during start-up, must not stop the hourly reports.
         """
-        self.register_birth()
         self._install_signal_handlers()
+        born = started_up = False
         try:
             while True:
-                started = time.time()
+                began = time.time()
                 try:
+                    if not born:
+                        self.register_birth()
+                        born = True
+                    if not started_up:
+                        self.start()
+                        started_up = True
+                        log.info(
+                            "scheduler.started",
+                            queue=self.settings.queue_name,
+                            next_hourly_run=str(
+                                scheduled_run_time(self, self.settings.queue_name)
+                            ),
+                        )
                     self.heartbeat()
                     if self.acquire_lock():
                         self.enqueue_jobs()
@@ -90,7 +103,7 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     self._lock_acquired = False
                     log.warning("scheduler.redis_unavailable", error=str(exc))
-                time.sleep(max(0.0, self._interval - (time.time() - started)))
+                time.sleep(max(0.0, self._interval - (time.time() - began)))
         finally:
             with contextlib.suppress(redis.RedisError):
                 self.remove_lock()

@@ -162,9 +162,12 @@ def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
 
 def log_tail(process: subprocess.Popen[bytes], size: int = 4000) -> str:
     """The end of what a process started by :func:`start_cli` wrote."""
-    log = process.log  # type: ignore[attr-defined]
-    log.seek(0)
-    return str(log.read()[-size:].decode(errors="replace"))
+    fd = process.log.fileno()  # type: ignore[attr-defined]
+    # pread, not seek+read: the child shares the file offset, and moving it would make the
+    # child write over what it wrote before.
+    length = os.fstat(fd).st_size
+    start = max(0, length - size)
+    return os.pread(fd, length - start, start).decode(errors="replace")
 
 
 def stop_group(

@@ -102,3 +102,24 @@ def test_malformed_counts_never_reach_stripe(database: peewee.Database, count: o
     assert bool(meter.attempts) == valid
     if not valid:
         assert "invalid count" in result.skipped["org1"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=20), st.sampled_from(["backfill", "reconcile"]))
+def test_cli_hour_options_never_crash(value: str, command: str) -> None:
+    """Any --since given to backfill or reconcile is used or refused on one line, never a crash.
+
+    Nothing can be sent: the Stripe base is a closed port and the database is empty.
+    """
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": "sqlite:///:memory:",
+        "STRIPE_API_KEY": "sk_test_properties",
+        "STRIPE_API_BASE": "http://127.0.0.1:9",
+        "SENSORMETER_QUEUE": TEST_QUEUE + "-props",
+    }
+    args = [command, "--since", value] + (["--dry-run"] if command == "backfill" else [])
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code in (0, 1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output

@@ -210,16 +210,22 @@ def status() -> None:
 
 @main.command("failed")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="List the reports Stripe refused for good instead (never sent again).",
+)
 @friendly_errors
-def failed(limit: int) -> None:
-    """List reports whose retries ran out, with Stripe's reason."""
+def failed(limit: int, rejected: bool) -> None:
+    """List reports whose retries ran out (or, with --rejected, refused), with the reason."""
     from .models import MeterReport, open_database
 
     settings = load_settings()
     open_database(settings.database_url)
-    rows = MeterReport.select().where(MeterReport.status == MeterReport.FAILED)
+    status = MeterReport.REJECTED if rejected else MeterReport.FAILED
+    rows = MeterReport.select().where(MeterReport.status == status)
     total = rows.count()
-    click.echo(f"{total} failed report(s)")
+    click.echo(f"{total} {status} report(s)")
     for row in rows.order_by(MeterReport.updated_at.desc()).limit(limit):
         click.echo(
             f"  {row.organization_id} value {row.value} {row.identifier} "

@@ -108,8 +108,12 @@ class MeterReport(BaseModel):
 
     class Meta:
         table_name = "meter_reports"
-        # Catch-up reads each organization's hourly rows by hour.
-        indexes = ((("organization_id", "period_hour"), False),)
+        indexes = (
+            # Catch-up reads each organization's hourly rows by hour.
+            (("organization_id", "period_hour"), False),
+            # Reconcile reads the rows of a window of event timestamps.
+            (("measured_at",), False),
+        )
 
 
 def tuples(query: Any) -> list[tuple[Any, ...]]:

@@ -55,6 +55,24 @@ def test_retry_failed_resends_with_the_same_identifier(
     assert [(e.identifier, e.value) for e in emulator.events()] == [(row.identifier, 3)]
 
 
+def test_failed_rejected_lists_refused_reports(runtime: Runtime, emulator: StripeEmulator) -> None:
+    """`sensormeter failed --rejected` lists what Stripe refused, with its message."""
+    make_org("acme", active=3)
+    make_org("globex", active=1)
+    emulator.inject(400, times=1)
+    report_all_sensor_counts()
+    work(runtime)
+    [rejected] = MeterReport.select().where(MeterReport.status == "rejected")
+    env = cli_env(runtime.settings)
+    listed = subprocess.run(
+        [*SENSORMETER, "failed", "--rejected"], env=env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "1 rejected report(s)" in listed.stdout
+    assert rejected.identifier in listed.stdout and "Injected error" in listed.stdout
+    plain = subprocess.run([*SENSORMETER, "failed"], env=env, capture_output=True, text=True)
+    assert "0 failed report(s)" in plain.stdout
+
+
 def test_sweep_resends_pending_rows_whose_job_was_lost(
     runtime: Runtime, emulator: StripeEmulator
 ) -> None:

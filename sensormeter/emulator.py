@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
+from .emulator_http import RequestHandler, parse_form
 from .emulator_reads import WHOLE_NUMBER, Reply, Response, check, meter_list, page, summaries
 from .emulator_stream import (
     SESSION_SECONDS,
@@ -37,10 +38,8 @@ IDENTIFIER_WINDOW_SECONDS = 24 * 3600
 MAX_NAME_LENGTH = 100
 
 _API_KEY = re.compile(r"(sk|rk)_(test|live)_\S+")
-_PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]")
 _SUMMARIES_PATH = re.compile(r"/v1/billing/meters/([^/]+)/event_summaries")
 _EVENT_PATH = re.compile(r"/v2/core/events/([^/]+)")
-_FIELDS = ("event_name", "identifier", "timestamp")
 
 _Fault = tuple[int | None, str | None]  # status (None: drop the connection), message
 
@@ -62,58 +61,6 @@ class ReceivedEvent:
 def _mask(key: str) -> str:
     """Hide all but the ends of an API key, as Stripe does in its error messages."""
     return key[:8] + "*" * (len(key) - 12) + key[-4:] if len(key) >= 12 else "*" * len(key)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Translate raw HTTP into calls on the emulator; no API logic lives here."""
-
-    emulator: StripeEmulator  # set on a per-emulator subclass by StripeEmulator.start()
-    # Keep-alive, as Stripe offers: a new TCP connection per event would dominate the cost.
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
-    # delayed ACK (40 ms on Linux) and every call looks slow.
-    disable_nagle_algorithm = True
-
-    def setup(self) -> None:
-        """Register the connection, so stop() can close kept-alive ones."""
-        super().setup()
-        self.emulator._connections.add(self.connection)
-
-    def finish(self) -> None:
-        """Forget the connection."""
-        self.emulator._connections.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay silent: a line per request would drown test and CLI output."""
-
-    def _dispatch(self) -> None:
-        """Serve a request of any method; the emulator's router decides what exists."""
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        # Read the body even when about to drop the connection, so the client sees a clean
-        # close rather than a reset while it is still sending.
-        body = self.rfile.read(length) if length else b""
-        response = self.emulator._handle(self.command, url.path, url.query, self.headers, body)
-        if response is None:
-            self.close_connection = True
-            return
-        status, payload, headers = response
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            headers = {"Request-Id": "req_" + secrets.token_hex(8), **headers}
-            headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            # The client stopped waiting (a latency test does this on purpose); nobody to tell.
-            self.close_connection = True
-
-    # Every method goes to the router, so an unknown one gets Stripe's JSON 404, not a 501 page.
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
 
 class StripeEmulator:
@@ -155,7 +102,7 @@ class StripeEmulator:
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
         self._stopping.clear()
-        handler = type("_BoundHandler", (_Handler,), {"emulator": self})
+        handler = type("_BoundHandler", (RequestHandler,), {"emulator": self})
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         # A request parked in injected latency must never keep the process or stop() waiting.
         self._server.daemon_threads = True
@@ -366,7 +313,7 @@ class StripeEmulator:
         if not self._admit(1):
             return None
         self._authenticate(headers)
-        fields, payload = self._parse_form(body)
+        fields, payload = parse_form(body)
         now = self._clock()
         raw_ts = fields.get("timestamp", str(int(now)))
         check(
@@ -487,19 +434,6 @@ class StripeEmulator:
         with self._lock:
             meters = dict(self._meters)
         return meter_list(meters, self.customer_key, self.value_key)
-
-    @staticmethod
-    def _parse_form(body: bytes) -> tuple[dict[str, str], dict[str, str]]:
-        """Split stripe-python's form encoding into top-level fields and the payload map."""
-        fields: dict[str, str] = {}
-        payload: dict[str, str] = {}
-        for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
-            if match := _PAYLOAD_FIELD.fullmatch(key):
-                payload[match.group(1)] = value
-            else:  # Stripe rejects what it does not know, nested payload values included
-                check(key in _FIELDS, f"Received unknown parameter: {key}", key)
-                fields[key] = value
-        return fields, payload
 
 
 def _iso_now(now: float) -> str:

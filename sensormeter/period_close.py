@@ -20,7 +20,7 @@ import structlog
 from rq import Queue, get_current_job
 
 from . import ledger
-from .jobs import _job_options, enqueue_batch, make_queue
+from .jobs import _job_options, _valid_ids, enqueue_batch, make_queue
 from .models import MeterReport, utcnow
 from .reporter import Reporter
 from .runtime import get_runtime
@@ -81,9 +81,11 @@ def close_periods() -> dict[str, Any]:
         return {"organizations": 0, "jobs": 0}
     now = utcnow()
     with runtime.database.connection_context():
-        ending: dict[str, datetime] = periods_ending(
+        found: dict[str, datetime] = periods_ending(
             now - LOOK_BACK, now + timedelta(minutes=settings.period_close_minutes)
         )
+        # A host's source may hand back a malformed id: skip it (logged), keep the others.
+        ending = {org: found[org] for org in _valid_ids(list(found), None)}
         identifiers = {
             org: ledger.on_demand_identifier(
                 org, settings.meter_event_name, close_request_id(end)

@@ -82,3 +82,21 @@ def test_non_billable_and_turned_off(runtime: Runtime, emulator: StripeEmulator)
     set_period_end("acme", utcnow() + timedelta(minutes=2))
     object.__setattr__(runtime, "settings", runtime.settings.with_overrides(period_close_minutes=0))
     assert close_periods() == {"organizations": 0, "jobs": 0}
+
+
+def test_a_malformed_id_from_a_host_source_is_skipped(
+    runtime: Runtime, emulator: StripeEmulator
+) -> None:
+    """A host source's bad organization id is logged and skipped; the others are reported."""
+    from sensormeter.usage import InMemoryUsageSource
+
+    end = utcnow() + timedelta(minutes=4)
+    source = InMemoryUsageSource(
+        {"acme": "cus_acme", "bad id!": "cus_bad"},
+        {"acme": 7, "bad id!": 1},
+        period_ends={"acme": end, "bad id!": end},
+    )
+    object.__setattr__(runtime, "source", source)
+    assert close_periods() == {"organizations": 1, "jobs": 1}
+    work(runtime)
+    assert [(e.customer, e.value) for e in emulator.events()] == [("cus_acme", 7)]

@@ -319,6 +319,10 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
     settings = load_settings()
     runtime = Runtime.build(settings)
     with runtime.database.connection_context():
+        if org is not None and not runtime.source.billable_customers([org]):
+            _fail(
+                f"{org} is not billable ({runtime.source.explain_not_billable(org)}): nothing to do"
+            )
         plan = list(iter_gaps(runtime.source, settings, hours, [org] if org else None))
         total = sum(len(orgs) for _, orgs in plan)
         click.echo(

@@ -222,6 +222,23 @@ class TestBackfillCommand:
         )
         assert "0 missing hourly report(s)" in again.stderr and len(emulator.events()) == 3
 
+    def test_backfill_of_a_non_billable_organization_says_why(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """`backfill --org` for a canceled organization names the reason and sends nothing."""
+        make_org("gone", status="canceled")
+        since = ledger.format_hour(now_hour() - timedelta(hours=3))
+        run = subprocess.run(
+            [*SENSORMETER, "backfill", "--since", since, "--org", "gone"],
+            env=cli_env(runtime.settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 1
+        assert "gone is not billable (subscription status not billable: canceled)" in run.stderr
+        assert emulator.events() == []
+
     @pytest.mark.parametrize(
         ("since", "problem"),
         [

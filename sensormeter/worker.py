@@ -50,7 +50,9 @@ class ReportingWorker(HerokuWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> Any:
         """Mark the worker idle first, so a stop request is either seen here or raised at once."""
-        self.set_state(WorkerStatus.IDLE)
+        # Local state only: rq's own call below writes it to Redis, and the signal handler
+        # reads the local value.
+        self._state = WorkerStatus.IDLE
         if self._stop_requested:
             return None
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import peewee
 import pytest
 import redis
+from rq.worker import WorkerStatus
 
 from sensormeter import enqueue_sensor_report
 from sensormeter.emulator import StripeEmulator
@@ -103,3 +105,21 @@ def test_command_listener_thread_never_takes_the_stop_signals(
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     finally:
         worker.unsubscribe()
+
+
+def test_a_stop_requested_between_jobs_is_honoured_before_dequeue(
+    settings: Settings, redis_conn: redis.Redis
+) -> None:
+    """A SIGTERM that lands while rq still marks the worker busy must not leave it dequeueing."""
+    worker = ReportingWorker([make_queue(settings, redis_conn)], connection=redis_conn)
+    worker.set_state(WorkerStatus.BUSY)  # as rq leaves it between the end of a job and the next
+    worker._stop_requested = True  # what rq's handler does with a SIGTERM in that moment
+    returned: list[object] = []
+    dequeue = threading.Thread(
+        target=lambda: returned.append(worker.dequeue_job_and_maintain_ttl(timeout=1)),
+        daemon=True,
+    )
+    dequeue.start()
+    dequeue.join(5)
+    assert not dequeue.is_alive(), "the worker went on waiting for work after a stop request"
+    assert returned == [None]

@@ -8,7 +8,9 @@ first hour sensormeter reported for an organization, so a first deployment bills
 ``sensormeter backfill`` runs the same search on demand.
 
 An hour counts as covered when its row is sent, rejected (Stripe's answer is final) or
-pending (a job or the stale-pending sweep owns it); a failed row is sent again.
+pending and touched recently enough that a live job may still own it; a failed row, and a
+pending row older than any job and its retries can keep it (``recovery.stale_after``), are
+sent again.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from rq import Queue
 from . import ledger
 from .jobs import _job_options, enqueue_batch, make_queue, process_meter_report
 from .models import MeterReport, tuples, utcnow
+from .recovery import stale_after
 from .runtime import get_runtime
 from .settings import Settings
 from .usage import UsageSource, iter_billable_chunks
 
 log = structlog.get_logger("sensormeter.catchup")
 
-COVERED = (MeterReport.SENT, MeterReport.REJECTED, MeterReport.PENDING)
+DONE = (MeterReport.SENT, MeterReport.REJECTED)
 _ENQUEUE_BATCH = 200
 CATCHUP_TIMEOUT_SECONDS = 3600
 
@@ -61,12 +64,17 @@ def _as_datetime(value: Any) -> datetime:
 
 
 def find_gaps(
-    event_name: str, organization_ids: Sequence[str], hours: Sequence[datetime]
+    event_name: str,
+    organization_ids: Sequence[str],
+    hours: Sequence[datetime],
+    stale_before: datetime | None = None,
 ) -> dict[datetime, list[str]]:
     """Hours (among ``hours``) each organization lacks a covered hourly report for.
 
-    One aggregate query for the chunk; only organizations it shows incomplete are read in
-    detail. An organization with no hourly row at all is never caught up (first deployment).
+    A pending row covers its hour only while it was updated at or after ``stale_before``
+    (always, when None). One aggregate query for the chunk; only organizations it shows
+    incomplete are read in detail. An organization with no hourly row at all is never
+    caught up (first deployment).
     """
     if not organization_ids or not hours:
         return {}
@@ -78,7 +86,11 @@ def find_gaps(
         & org.in_(list(organization_ids))
     )
     in_window = hourly & (MeterReport.period_hour >= first) & (MeterReport.period_hour <= last)
-    covered = peewee.Case(None, [(MeterReport.status.in_(COVERED), 1)], 0)
+    live = MeterReport.status == MeterReport.PENDING
+    if stale_before is not None:
+        live &= MeterReport.updated_at >= stale_before
+    is_covered = MeterReport.status.in_(DONE) | live
+    covered = peewee.Case(None, [(is_covered, 1)], 0)
     summary = tuples(
         MeterReport.select(org, peewee.fn.MIN(MeterReport.period_hour), peewee.fn.SUM(covered))
         .where(in_window)
@@ -90,13 +102,13 @@ def find_gaps(
     suspects = [o for o in organization_ids if o not in complete]
     if not suspects:
         return {}
-    seen: dict[str, dict[datetime, str]] = defaultdict(dict)
-    for o, hour, status in tuples(
-        MeterReport.select(org, MeterReport.period_hour, MeterReport.status).where(
+    seen: dict[str, dict[datetime, bool]] = defaultdict(dict)
+    for o, hour, done in tuples(
+        MeterReport.select(org, MeterReport.period_hour, covered).where(
             in_window & org.in_(suspects)
         )
     ):
-        seen[o][_as_datetime(hour)] = status
+        seen[o][_as_datetime(hour)] = bool(done)
     earlier = {
         o
         for (o,) in tuples(
@@ -114,7 +126,7 @@ def find_gaps(
         else:
             continue  # never reported: a first deployment does not bill history
         for hour in hours:
-            if hour >= floor and seen[o].get(hour) not in COVERED:
+            if hour >= floor and not seen[o].get(hour):
                 gaps[hour].append(o)
     return dict(gaps)
 
@@ -133,8 +145,9 @@ def iter_gaps(
         )
     else:
         chunks = iter_billable_chunks(source, settings.chunk_size)
+    stale_before = utcnow() - stale_after(settings)
     for chunk in chunks:
-        gaps = find_gaps(settings.meter_event_name, chunk, hours)
+        gaps = find_gaps(settings.meter_event_name, chunk, hours, stale_before)
         for hour in sorted(gaps):
             yield ledger.format_hour(hour), gaps[hour]
 

@@ -74,16 +74,25 @@ def main() -> None:
 @main.command("init-db")
 @friendly_errors
 def init_db() -> None:
-    """Create the missing tables (safe to run again)."""
-    from .models import create_tables, open_database
+    """Create the missing tables and migrate existing ones in place (safe to run again)."""
+    from .migrations import MIGRATIONS, applied_versions
+    from .models import MeterReport, create_tables, open_database
 
     settings = load_settings()
     database = open_database(settings.database_url)
+    had_ledger = MeterReport._meta.table_name in database.get_tables()
+    done = applied_versions(database)
     created = create_tables(database)
     where = redact_url(settings.database_url)
     click.echo(
         f"created tables {', '.join(created)} in {where}" if created else f"tables exist in {where}"
     )
+    if had_ledger:
+        for migration in MIGRATIONS:
+            if migration.version not in done:
+                click.echo(
+                    f"migrated to schema version {migration.version}: {migration.description}"
+                )
 
 
 @main.command("report")
@@ -180,7 +189,7 @@ def status() -> None:
     from .worker import pending_work
 
     settings = load_settings()
-    open_database(settings.database_url)
+    database = open_database(settings.database_url)
     counts = ledger.summary()
     click.echo("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     last = (
@@ -206,6 +215,50 @@ def status() -> None:
     )
     for row in problems:
         click.echo(f"  {row.status}: {row.organization_id} {row.identifier}: {row.last_error}")
+    _echo_stale_pending(settings, limit=10)
+    _echo_shared_customers(settings, database)
+
+
+def _echo_stale_pending(settings: Settings, limit: int) -> None:
+    """List pending rows no job will finish (the sweep resends them every 10 minutes)."""
+    from .models import MeterReport, utcnow
+    from .recovery import stale_after
+
+    cutoff = utcnow() - stale_after(settings)
+    rows = MeterReport.select().where(
+        (MeterReport.status == MeterReport.PENDING) & (MeterReport.updated_at < cutoff)
+    )
+    total = rows.count()
+    if not total:
+        return
+    click.echo(
+        f"{total} pending report(s) untouched since before {cutoff:%Y-%m-%d %H:%M} UTC: no job "
+        "will finish them (the sweep resends them; or 'sensormeter retry-failed "
+        "--include-stale-pending')"
+    )
+    for row in rows.order_by(MeterReport.updated_at).limit(limit):
+        click.echo(
+            f"  pending: {row.organization_id} {row.identifier} attempts {row.attempts}: "
+            f"{row.last_error or 'no attempt recorded'}"
+        )
+
+
+def _echo_shared_customers(settings: Settings, database: peewee.Database) -> None:
+    """Warn of Stripe customers with several billable subscriptions (see docs/integrating.md)."""
+    from .usage import load_usage_source
+
+    several = getattr(
+        load_usage_source(settings, database), "customers_with_several_subscriptions", None
+    )
+    if several is None:
+        return
+    found = several()
+    if found:
+        click.echo(
+            "warning: Stripe customer(s) with more than one billable subscription (their "
+            "organizations are billed as one meter value; check in Stripe how the invoice "
+            "splits it): " + ", ".join(f"{c} ({n})" for c, n in found.items())
+        )
 
 
 @main.command("failed")
@@ -231,6 +284,8 @@ def failed(limit: int, rejected: bool) -> None:
             f"  {row.organization_id} value {row.value} {row.identifier} "
             f"attempts {row.attempts} at {row.updated_at:%Y-%m-%d %H:%M} UTC: {row.last_error}"
         )
+    if not rejected:
+        _echo_stale_pending(settings, limit)
 
 
 @main.command("reconcile")

@@ -81,3 +81,15 @@ class WebhookError(SensormeterError):
         self.event_id = event_id
         self.retryable = retryable
         self.request_id = request_id
+
+
+class SchemaOutdated(SensormeterError):
+    """Raised when the database's schema is older than this release needs."""
+
+    def __init__(self, version: int, required: int) -> None:
+        super().__init__(
+            f"the database schema is at version {version}, this release needs {required}: "
+            "run 'sensormeter init-db' (it migrates in place, keeping every row)"
+        )
+        self.version = version
+        self.required = required

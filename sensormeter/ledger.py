@@ -104,9 +104,36 @@ def on_demand_identifier(organization_id: str, event_name: str, request_id: str)
     )
 
 
+def customer_hourly_identifier(customer: str, event_name: str, hour: datetime) -> str:
+    """The identifier of a shared customer's hourly event: fixed by (customer, event, hour).
+
+    ``+`` is in neither an organization id nor an event name, so it can never equal an
+    organization's identifier.
+    """
+    label = format_hour(hour)
+    return _bounded(
+        f"{event_name}+{customer}-{label}", "customer-hourly", event_name, customer, label
+    )
+
+
+def customer_request_identifier(customer: str, event_name: str, request_id: str) -> str:
+    """The identifier of a shared customer's on-demand or period-close event."""
+    return _bounded(
+        f"{event_name}+{customer}-r{request_id}",
+        "customer-request",
+        event_name,
+        customer,
+        request_id,
+    )
+
+
 @dataclass(frozen=True)
 class NewReport:
-    """What a pending ledger row is created from, before its first attempt."""
+    """What a pending ledger row is created from, before its first attempt.
+
+    ``event_identifier``/``event_value`` are set when the organization shares its Stripe
+    customer: the row is its part of that customer's event.
+    """
 
     organization_id: str
     identifier: str
@@ -115,6 +142,8 @@ class NewReport:
     measured_at: datetime
     kind: str
     period_hour: datetime | None
+    event_identifier: str | None = None
+    event_value: int | None = None
 
 
 @dataclass
@@ -132,6 +161,8 @@ class LedgerRow:
     attempts: int
     last_error: str | None
     stripe_request_id: str | None
+    event_identifier: str | None = None
+    event_value: int | None = None
     sent_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -148,6 +179,8 @@ _ROW_COLUMNS = (
     MeterReport.attempts,
     MeterReport.last_error,
     MeterReport.stripe_request_id,
+    MeterReport.event_identifier,
+    MeterReport.event_value,
 )
 _INSERT_COLUMNS = (
     "organization_id",
@@ -163,6 +196,8 @@ _INSERT_COLUMNS = (
     "job_id",
     "created_at",
     "updated_at",
+    "event_identifier",
+    "event_value",
 )
 
 
@@ -172,6 +207,17 @@ def find(identifiers: Sequence[str]) -> dict[str, LedgerRow]:
         return {}
     query = MeterReport.select(*_ROW_COLUMNS).where(MeterReport.identifier.in_(list(identifiers)))
     return {row[2]: LedgerRow(*row) for row in tuples(query)}
+
+
+def find_by_event(event_identifiers: Sequence[str]) -> list[LedgerRow]:
+    """Rows that went out in these events: their own, or a shared customer's (one query)."""
+    if not event_identifiers:
+        return []
+    wanted = list(event_identifiers)
+    query = MeterReport.select(*_ROW_COLUMNS).where(
+        MeterReport.identifier.in_(wanted) | MeterReport.event_identifier.in_(wanted)
+    )
+    return [LedgerRow(*row) for row in tuples(query)]
 
 
 def find_by_ids(report_ids: Sequence[int]) -> list[LedgerRow]:
@@ -224,8 +270,12 @@ def create_pending(
             job_id,
             now,
             now,
+            r.event_identifier,
+            r.event_value,
         )
-        for r in reports
+        # One order for every writer: two jobs inserting the same customer's rows at once
+        # then meet on the same first row, and the first to commit wins the whole group.
+        for r in sorted(reports, key=lambda report: report.identifier)
     ]
     if not rows:
         return
@@ -245,13 +295,18 @@ def create_pending(
             cursor.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})", rows)
 
 
+def event_key(row: LedgerRow) -> str:
+    """The identifier of the Stripe event a row goes out in (shared by a customer's parts)."""
+    return row.event_identifier or row.identifier
+
+
 def event_for(row: LedgerRow) -> MeterEvent:
     """The Stripe event a ledger row stands for (the same on every attempt)."""
     return MeterEvent(
-        identifier=row.identifier,
+        identifier=event_key(row),
         event_name=row.event_name,
         customer=row.customer,
-        value=int(row.value),
+        value=int(row.value if row.event_value is None else row.event_value),
         timestamp=int((row.measured_at - datetime(1970, 1, 1)) / timedelta(seconds=1)),
     )
 

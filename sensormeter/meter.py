@@ -81,6 +81,16 @@ def classify_error(exc: stripe.StripeError) -> SendResult:
     return SendResult(Outcome.RETRYABLE, f"{kind}: {message}", request_id, status)
 
 
+def unexpected_error(exc: Exception) -> SendResult:
+    """The outcome of an event whose attempt raised something other than a Stripe error.
+
+    A bug, a malformed value or an odd answer costs only that event: it stays retryable,
+    with the exception as its reason, and ends visibly failed if it never goes through.
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return SendResult(Outcome.RETRYABLE, f"{type(exc).__name__}: {text}".rstrip(": "))
+
+
 def rounds_by_customer(events: Sequence[MeterEvent]) -> list[list[int]]:
     """Split event positions into rounds where no customer appears twice.
 

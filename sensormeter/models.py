@@ -102,6 +102,12 @@ class MeterReport(BaseModel):
     last_error = peewee.TextField(null=True)
     stripe_request_id = peewee.TextField(null=True)
     job_id = peewee.TextField(null=True)
+    # Organizations that share a Stripe customer are billed by one event per customer: each
+    # keeps its own row (its part in ``value``), and these name the event they went out in
+    # and its value (the sum of the parts). NULL for an organization alone on its customer,
+    # whose event is its own row. Added by migration 1 (sensormeter/migrations.py).
+    event_identifier = peewee.TextField(null=True, index=True)
+    event_value = peewee.BigIntegerField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
     sent_at = peewee.DateTimeField(null=True)
@@ -121,7 +127,18 @@ def tuples(query: Any) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in query.tuples()]
 
 
-MODELS: list[type[BaseModel]] = [Organization, Subscription, Sensor, MeterReport]
+class SchemaVersion(BaseModel):
+    """One applied schema migration (see sensormeter/migrations.py)."""
+
+    version = peewee.IntegerField(primary_key=True)
+    description = peewee.TextField()
+    applied_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "sensormeter_schema_version"
+
+
+MODELS: list[type[BaseModel]] = [SchemaVersion, Organization, Subscription, Sensor, MeterReport]
 
 
 def make_database(url: str) -> peewee.Database:
@@ -173,9 +190,17 @@ def open_database(url: str) -> peewee.Database:
 
 
 def create_tables(database: peewee.Database) -> list[str]:
-    """Create the missing tables (idempotent) and return the names of those created."""
+    """Create the missing tables and bring existing ones to the current shape (idempotent).
+
+    Returns the names of the tables created. Existing tables are migrated first (adding
+    columns, never dropping a row), so the current models' indexes can then be created.
+    """
+    from .migrations import migrate
+
     existing = set(database.get_tables())
     with database.atomic():
+        database.create_tables([SchemaVersion], safe=True)
+        migrate(database)
         database.create_tables(MODELS, safe=True)
         if isinstance(database, peewee.PostgresqlDatabase) and "sensors" not in existing:
             # CURRENT_TIMESTAMP would be converted to the session's time zone here.

@@ -35,8 +35,9 @@ MISSING_IN_STRIPE = "missing_in_stripe"
 VALUE_DIFFERS = "value_differs"
 UNEXPECTED_IN_STRIPE = "unexpected_in_stripe"
 NOT_DELIVERED = "not_delivered"
+SAME_TIMESTAMP = "same_timestamp"
 # The order mismatches of one customer and hour are listed in.
-KINDS = (MISSING_IN_STRIPE, VALUE_DIFFERS, UNEXPECTED_IN_STRIPE, NOT_DELIVERED)
+KINDS = (MISSING_IN_STRIPE, VALUE_DIFFERS, SAME_TIMESTAMP, UNEXPECTED_IN_STRIPE, NOT_DELIVERED)
 
 
 class MeterNotFound(SensormeterError):
@@ -80,6 +81,19 @@ class LedgerEntry:
     measured_at: datetime  # naive UTC, the event's timestamp
     status: str
     kind: str = MeterReport.HOURLY
+    # Set on a shared customer's parts: the event they went out in, and its value (the sum).
+    event_identifier: str | None = None
+    event_value: int | None = None
+
+    @property
+    def event(self) -> str:
+        """The identifier of the Stripe event this row went out in."""
+        return self.event_identifier or self.identifier
+
+    @property
+    def event_amount(self) -> int:
+        """The value of that event (the row's own value, or its customer's sum)."""
+        return self.value if self.event_value is None else self.event_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +159,14 @@ def format_value(value: float | None) -> str:
 def compare(entries: Iterable[LedgerEntry], summaries: Iterable[StripeHour]) -> Reconciliation:
     """Compare ledger rows with Stripe's hourly summaries of the same customers and window.
 
-    The expected value of a (customer, hour) is that of the ``sent`` row with the latest
-    ``measured_at`` in the hour (hourly and on-demand rows alike; a tie goes to the higher
-    id). Rows still pending, failed or rejected are listed as ``not_delivered``, whatever
-    Stripe holds for their hour. A Stripe value for an hour without a sent row, even 0, is
-    ``unexpected_in_stripe``: under `last`, a stray 0 late in a period bills nothing.
+    Stripe aggregates per customer, so the comparison is per customer and hour. The expected
+    value is that of the event of the ``sent`` row with the latest ``measured_at`` in the
+    hour (hourly and on-demand rows alike; a tie goes to the higher id): a shared customer's
+    parts go out in one event whose value is their sum. Several delivered events at that same
+    latest second are a ``same_timestamp`` mismatch: which of them Stripe bills is not
+    documented. Rows still pending, failed or rejected are listed as ``not_delivered``,
+    whatever Stripe holds for their hour. A Stripe value for an hour without a sent row, even
+    0, is ``unexpected_in_stripe``: under `last`, a stray 0 late in a period bills nothing.
     """
     rows = list(entries)
     latest: dict[tuple[str, datetime], LedgerEntry] = {}
@@ -160,24 +177,40 @@ def compare(entries: Iterable[LedgerEntry], summaries: Iterable[StripeHour]) -> 
         best = latest.get(key)
         if best is None or (row.measured_at, row.id) > (best.measured_at, best.id):
             latest[key] = row
+    parts: dict[str, set[str]] = {}
+    tied: dict[tuple[str, datetime], set[str]] = {}
+    for row in rows:
+        parts.setdefault(row.event, set()).add(row.organization_id)
+        key = (row.customer, hour_start(row.measured_at))
+        best = latest.get(key)
+        if row.status == MeterReport.SENT and best and row.measured_at == best.measured_at:
+            tied.setdefault(key, set()).add(row.event)
     stripe_values = {(s.customer, hour_start(s.hour)): s.value for s in summaries}
     organizations: dict[str, set[str]] = {}
     for row in rows:
         organizations.setdefault(row.customer, set()).add(row.organization_id)
 
+    def who(row: LedgerEntry) -> str:
+        return ",".join(sorted(parts.get(row.event, {row.organization_id})))
+
     mismatches: list[Mismatch] = []
     compared = set(latest)
     for key, row in latest.items():
         found = stripe_values.get(key)
-        if found is None or float(row.value) != found:
+        if found is None or float(row.event_amount) != found:
+            kind = MISSING_IN_STRIPE if found is None else VALUE_DIFFERS
+            mismatches.append(
+                Mismatch(kind, who(row), row.customer, key[1], row.event_amount, row.event, found)
+            )
+        if len(tied.get(key, ())) > 1:
             mismatches.append(
                 Mismatch(
-                    MISSING_IN_STRIPE if found is None else VALUE_DIFFERS,
-                    row.organization_id,
+                    SAME_TIMESTAMP,
+                    ",".join(sorted(o for e in tied[key] for o in parts[e])),
                     row.customer,
                     key[1],
-                    int(row.value),
-                    row.identifier,
+                    row.event_amount,
+                    ",".join(sorted(tied[key])),
                     found,
                 )
             )
@@ -247,6 +280,8 @@ def ledger_entries(
             MeterReport.measured_at,
             MeterReport.status,
             MeterReport.kind,
+            MeterReport.event_identifier,
+            MeterReport.event_value,
         )
         .where(
             (MeterReport.event_name == event_name)
@@ -257,8 +292,19 @@ def ledger_entries(
     )
     if organization_id is not None:
         query = query.where(MeterReport.organization_id == organization_id)
-    for i, org, cus, value, ident, measured, status, kind in _stream(query):
-        yield LedgerEntry(int(i), org, cus, int(value), ident, measured, status, kind)
+    for i, org, cus, value, ident, measured, status, kind, event, total in _stream(query):
+        yield LedgerEntry(
+            int(i),
+            org,
+            cus,
+            int(value),
+            ident,
+            measured,
+            status,
+            kind,
+            event,
+            None if total is None else int(total),
+        )
 
 
 def _stream(query: Any) -> Iterator[tuple[Any, ...]]:

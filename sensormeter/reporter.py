@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from . import ledger
-from .errors import ReportsFailed, RetryableReportError
+from .errors import InvalidOrganizationId, ReportsFailed, RetryableReportError
 from .ledger import LedgerRow, NewReport
-from .meter import MeterClient
+from .meter import MeterClient, MeterEvent, SendResult, unexpected_error
 from .models import MeterReport, utcnow
 from .usage import UsageSource
 
@@ -78,6 +78,15 @@ def _count_problem(count: object) -> str | None:
     return None
 
 
+def _valid_id(organization_id: object) -> bool:
+    """True for an id that can be reported (a host source may hand back anything)."""
+    try:
+        ledger.validate_organization_id(organization_id)
+    except InvalidOrganizationId:
+        return False
+    return True
+
+
 class Reporter:
     """Counts, records and sends the reports of one chunk; idempotent by identifier."""
 
@@ -119,6 +128,47 @@ class Reporter:
             return deadline, self.source.count_active_sensors(organization_ids)
         return now, self.source.count_active_sensors(organization_ids)
 
+    def event_identifier(self, customer: str, hour: str | None, request_id: str | None) -> str:
+        """The identifier of a shared customer's event for this report."""
+        if hour is not None:
+            period = ledger.parse_hour(hour)
+            return ledger.customer_hourly_identifier(customer, self.event_name, period)
+        if request_id is None:
+            raise ValueError("a report needs an hour (hourly) or a request id (on demand)")
+        return ledger.customer_request_identifier(customer, self.event_name, request_id)
+
+    def _customers(self, organization_ids: list[str], result: ChunkResult) -> dict[str, str]:
+        """The billable organizations' customers; the others go to ``result.skipped``."""
+        customers = self.source.billable_customers(organization_ids)
+        usable: dict[str, str] = {}
+        for org in organization_ids:
+            customer = customers.get(org)
+            if customer is None:
+                result.skipped[org] = self.source.explain_not_billable(org)
+            elif not isinstance(customer, str) or not customer.strip():
+                # A host's source may hand back "  ": no meter can bill that customer.
+                result.skipped[org] = f"blank Stripe customer id {customer!r}"
+            else:
+                usable[org] = customer
+        return usable
+
+    def _members(self, customers: dict[str, str]) -> dict[str, list[str]]:
+        """Every billable organization of each customer at hand, ascending.
+
+        Stripe meters aggregate per customer, so organizations sharing one are reported
+        together. A host source without ``organizations_of_customers`` only groups the
+        organizations at hand (see docs/integrating.md).
+        """
+        members: dict[str, set[str]] = {}
+        for org, customer in customers.items():
+            members.setdefault(customer, set()).add(org)
+        lookup = getattr(self.source, "organizations_of_customers", None)
+        if lookup is not None:
+            for customer, orgs in lookup(sorted(members)).items():
+                if customer in members:
+                    members[customer].update(o for o in orgs if _valid_id(o))
+        return {customer: sorted(orgs) for customer, orgs in members.items()}
+
     def prepare(
         self,
         database: Any,
@@ -129,7 +179,12 @@ class Reporter:
         deadline: datetime | None = None,
         kind: str | None = None,
     ) -> tuple[dict[str, LedgerRow], ChunkResult]:
-        """Create pending rows for organizations not yet in the ledger; return all their rows."""
+        """Create pending rows for organizations not yet in the ledger; return all their rows.
+
+        An organization that shares its Stripe customer brings the customer's other billable
+        organizations along: their rows are created together, as parts of one event whose
+        value is the sum of their counts.
+        """
         if hour is not None:
             deadline = ledger.parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
             kind = MeterReport.HOURLY
@@ -139,39 +194,75 @@ class Reporter:
         rows = ledger.find(list(identifiers.values()))
         missing = [o for o in organization_ids if identifiers[o] not in rows]
         if missing:
-            customers = self.source.billable_customers(missing)
-            for org in missing:
-                if org not in customers:
-                    result.skipped[org] = self.source.explain_not_billable(org)
-            billable = [o for o in missing if o in customers]
-            measured_at, counts = self._count(billable, deadline)
-            for org in billable:
+            customers = self._customers(missing, result)
+            members = self._members(customers)
+            others = [o for group in members.values() for o in group if o not in identifiers]
+            identifiers.update(self.identifiers(others, hour, request_id))
+            rows.update(ledger.find([identifiers[o] for o in others]))
+            todo = [o for group in members.values() for o in group if identifiers[o] not in rows]
+            measured_at, counts = self._count(todo, deadline)
+            for org in todo:
                 problem = _count_problem(counts.get(org, 0))
                 if problem:
                     # A host's source gave something no meter may be sent: log it, bill nothing.
                     result.skipped[org] = problem
-            billable = [o for o in billable if o not in result.skipped]
             period = ledger.parse_hour(hour) if hour is not None else None
-            ledger.create_pending(
-                database,
-                (
-                    NewReport(
-                        organization_id=o,
-                        identifier=identifiers[o],
-                        customer=customers[o],
-                        value=counts.get(o, 0),
-                        measured_at=measured_at,
-                        kind=kind,
-                        period_hour=period,
+            reports: list[NewReport] = []
+            for customer, group in members.items():
+                fresh = [o for o in group if o in todo and o not in result.skipped]
+                if not fresh:
+                    continue
+                base = NewReport("", "", customer, 0, measured_at, kind, period)
+                if len(group) > 1:
+                    base = self._shared_event(
+                        base, group, identifiers, rows, counts, result, hour, request_id
                     )
-                    for o in billable
-                ),
-                self.event_name,
-                job_id,
-            )
-            rows.update(ledger.find([identifiers[o] for o in billable]))
+                reports.extend(
+                    replace(
+                        base, organization_id=o, identifier=identifiers[o], value=counts.get(o, 0)
+                    )
+                    for o in fresh
+                )
+            ledger.create_pending(database, reports, self.event_name, job_id)
+            rows.update(ledger.find([r.identifier for r in reports]))
         by_org = {row.organization_id: row for row in rows.values()}
         return by_org, result
+
+    def _shared_event(
+        self,
+        base: NewReport,
+        group: list[str],
+        identifiers: dict[str, str],
+        rows: dict[str, LedgerRow],
+        counts: dict[str, int],
+        result: ChunkResult,
+        hour: str | None,
+        request_id: str | None,
+    ) -> NewReport:
+        """The event a shared customer's new rows join: one already fixed, or a new one."""
+        earlier = sorted(
+            (rows[identifiers[o]] for o in group if identifiers[o] in rows),
+            key=lambda row: row.id,
+        )
+        earlier = [row for row in earlier if row.customer == base.customer]
+        if earlier:
+            # An earlier run fixed this report's event for the customer (its value and stamp
+            # cannot change under its identifier): an organization that joined since goes
+            # out in it, and counts in the customer's next report.
+            first = earlier[0]
+            value = first.value if first.event_value is None else first.event_value
+            return replace(
+                base,
+                event_identifier=ledger.event_key(first),
+                event_value=int(value),
+                measured_at=first.measured_at,
+            )
+        total = sum(counts.get(o, 0) for o in group if o not in result.skipped)
+        return replace(
+            base,
+            event_identifier=self.event_identifier(base.customer, hour, request_id),
+            event_value=total,
+        )
 
     def run(
         self,
@@ -228,7 +319,12 @@ class Reporter:
         job_id: str | None,
         final_attempt: bool,
     ) -> None:
-        """Send the sendable rows (pending or failed) and record each attempt in the ledger."""
+        """Send the sendable rows (pending or failed) and record each attempt in the ledger.
+
+        Rows that share an event (a shared customer's parts) go out as one event, and its
+        answer is recorded on each of them. Whatever goes wrong with one event is that
+        event's outcome, recorded with its reason; the others go on.
+        """
         to_send: list[tuple[str, LedgerRow]] = []
         for key, row in rows.items():
             result.values[key] = int(row.value)
@@ -236,9 +332,20 @@ class Reporter:
                 to_send.append((key, row))
             else:
                 result.outcomes[key] = str(row.status)  # Done by an earlier run: nothing to send.
+        events: dict[str, MeterEvent] = {}
+        answers: dict[str, SendResult] = {}
+        for _, row in to_send:
+            identifier = ledger.event_key(row)
+            if identifier in events or identifier in answers:
+                continue
+            try:
+                events[identifier] = ledger.event_for(row)
+            except Exception as exc:  # noqa: BLE001 (one malformed row costs only itself)
+                answers[identifier] = unexpected_error(exc)
         sending = time.perf_counter()
-        attempts = self.meter.send_many([ledger.event_for(row) for _, row in to_send])
+        answers.update(zip(events, self._send(list(events.values())), strict=True))
         result.send_seconds += time.perf_counter() - sending
+        attempts = [answers[ledger.event_key(row)] for _, row in to_send]
         statuses = ledger.record_attempts(
             database, [row for _, row in to_send], attempts, final_attempt=final_attempt
         )
@@ -251,6 +358,8 @@ class Reporter:
                 organization_id=row.organization_id,
                 value=int(row.value),
                 identifier=row.identifier,
+                event_identifier=row.event_identifier,
+                event_value=row.event_value,
                 outcome=attempt.outcome.value,
                 status=status,
                 attempts=int(row.attempts),
@@ -258,3 +367,15 @@ class Reporter:
                 error=attempt.error if not attempt.outcome.delivered else None,
                 job_id=job_id,
             )
+
+    def _send(self, events: list[MeterEvent]) -> list[SendResult]:
+        """The meter client's answers, one per event, even when the client itself fails."""
+        if not events:
+            return []
+        try:
+            answers = self.meter.send_many(events)
+            if len(answers) != len(events):
+                raise RuntimeError(f"{len(answers)} answers for {len(events)} events")
+        except Exception as exc:  # noqa: BLE001 (recorded on every row, never swallowed)
+            return [unexpected_error(exc)] * len(events)
+        return list(answers)

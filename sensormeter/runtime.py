@@ -18,6 +18,7 @@ import redis
 from .errors import ServiceUnavailable
 from .meter import MeterClient
 from .meters import make_meter_client
+from .migrations import check_schema
 from .models import open_database
 from .settings import Settings, redact_url
 from .usage import UsageSource, load_usage_source
@@ -53,6 +54,7 @@ class Runtime:
     def build(cls, settings: Settings, *, meter: MeterClient | None = None) -> Runtime:
         """Open the database, the Redis client, the usage source and the Stripe client."""
         database = open_database(settings.database_url)
+        check_schema(database)
         connection = make_redis(settings.redis_url)
         return cls(
             settings=settings,

@@ -75,6 +75,48 @@ class DatabaseUsageSource:
         # Ascending id: a later subscription of the same organization overwrites an earlier one.
         return {org_id: customer for org_id, customer in tuples(query)}
 
+    def organizations_of_customers(self, customers: Sequence[str]) -> dict[str, list[str]]:
+        """The billable organizations billed to each of ``customers`` (two queries).
+
+        An organization counts under the customer :meth:`billable_customers` gives it (its
+        newest billable subscription's), so both methods always agree.
+        """
+        if not customers:
+            return {}
+        org = Subscription.organization_id  # type: ignore[attr-defined]
+        candidates = [
+            row[0]
+            for row in tuples(
+                Subscription.select(org)
+                .where(self._billable() & Subscription.stripe_customer_id.in_(list(customers)))
+                .distinct()
+            )
+        ]
+        wanted = set(customers)
+        members: dict[str, list[str]] = {}
+        for org_id, customer in sorted(self.billable_customers(candidates).items()):
+            if customer in wanted:
+                members.setdefault(customer, []).append(org_id)
+        return members
+
+    def customers_with_several_subscriptions(self, limit: int = 20) -> dict[str, int]:
+        """Stripe customers with more than one billable subscription, and how many they have.
+
+        Stripe's docs do not say how one customer's meter is billed across several
+        subscription items on prices with that meter: ``sensormeter status`` warns of these.
+        """
+        customer = Subscription.stripe_customer_id
+        count = peewee.fn.COUNT(Subscription.id)
+        query = (
+            Subscription.select(customer, count)
+            .where(self._billable())
+            .group_by(customer)
+            .having(count > 1)
+            .order_by(customer)
+            .limit(limit)
+        )
+        return {c: int(n) for c, n in tuples(query)}
+
     def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
         """One GROUP BY query; organizations with no active sensor count 0."""
         return self._count(organization_ids, Sensor.deleted_at.is_null())
@@ -175,6 +217,15 @@ class InMemoryUsageSource:
         """Customers of the billable organizations among ``organization_ids``."""
         self.queries += 1
         return {o: self.customers[o] for o in organization_ids if self.customers.get(o)}
+
+    def organizations_of_customers(self, customers: Sequence[str]) -> dict[str, list[str]]:
+        """The billable organizations of each customer, ascending."""
+        self.queries += 1
+        members: dict[str, list[str]] = {}
+        for org, customer in sorted(self.billable_customers(list(self.customers)).items()):
+            if customer in customers:
+                members.setdefault(customer, []).append(org)
+        return members
 
     def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
         """Counts for ``organization_ids`` (0 when unknown)."""

@@ -242,11 +242,14 @@ def mark_rejected(database: peewee.Database, report: ErrorReport, event_id: str)
     marked = unmatched = 0
     seen: set[str] = set()
     with database.atomic():
-        rows = ledger.find(identifiers)
+        # A sample names an event: one row's own, or a shared customer's, with a row per part.
+        by_event: dict[str, list[ledger.LedgerRow]] = {}
+        for found in ledger.find_by_event(identifiers):
+            by_event.setdefault(ledger.event_key(found), []).append(found)
         now = utcnow()
         for sample in report.samples:
-            row = rows.get(sample.identifier) if sample.identifier else None
-            if row is None:
+            rows = by_event.get(sample.identifier, []) if sample.identifier else []
+            if not rows:
                 unmatched += 1
                 log.warning(
                     "webhook.meter_error_unmatched",
@@ -256,40 +259,49 @@ def mark_rejected(database: peewee.Database, report: ErrorReport, event_id: str)
                     message=sample.message,
                 )
                 continue
-            changed = 0
-            if row.identifier not in seen:  # one message per row, the first sample's
-                seen.add(row.identifier)
-                message = rejection_message(event_id, sample)
-                changed = (
-                    MeterReport.update(
-                        {
-                            MeterReport.status: MeterReport.REJECTED,
-                            MeterReport.last_error: message,
-                            MeterReport.updated_at: now,
-                        }
-                    )
-                    .where(
-                        (MeterReport.id == row.id)
-                        & (
-                            (MeterReport.status != MeterReport.REJECTED)
-                            | MeterReport.last_error.is_null()
-                            | (MeterReport.last_error != message)
-                        )
-                    )
-                    .execute()
-                )
-                marked += changed
-            log.warning(
-                "webhook.meter_error",
-                event_id=event_id,
-                identifier=row.identifier,
-                organization_id=row.organization_id,
-                code=sample.code,
-                message=sample.message,
-                previous_status=row.status,
-                marked=bool(changed),
-            )
+            for row in rows:
+                marked += _mark_row(row, sample, event_id, now, seen)
     return marked, unmatched
+
+
+def _mark_row(
+    row: ledger.LedgerRow, sample: SampleError, event_id: str, now: Any, seen: set[str]
+) -> int:
+    """Mark one row rejected with the sample's message (once per row); return rows changed."""
+    changed = 0
+    if row.identifier not in seen:  # one message per row, the first sample's
+        seen.add(row.identifier)
+        message = rejection_message(event_id, sample)
+        changed = (
+            MeterReport.update(
+                {
+                    MeterReport.status: MeterReport.REJECTED,
+                    MeterReport.last_error: message,
+                    MeterReport.updated_at: now,
+                }
+            )
+            .where(
+                (MeterReport.id == row.id)
+                & (
+                    (MeterReport.status != MeterReport.REJECTED)
+                    | MeterReport.last_error.is_null()
+                    | (MeterReport.last_error != message)
+                )
+            )
+            .execute()
+        )
+    log.warning(
+        "webhook.meter_error",
+        event_id=event_id,
+        identifier=row.identifier,
+        event_identifier=row.event_identifier,
+        organization_id=row.organization_id,
+        code=sample.code,
+        message=sample.message,
+        previous_status=row.status,
+        marked=bool(changed),
+    )
+    return int(changed)
 
 
 def _objects(value: object) -> list[dict[str, Any]]:

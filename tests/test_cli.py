@@ -183,7 +183,13 @@ class TestInitDb:
         first = sensormeter(env, "init-db")
         assert first.returncode == 0, first.stderr
         assert first.stdout.startswith("created tables ")
-        tables = {"organizations", "subscriptions", "sensors", "meter_reports"}
+        tables = {
+            "organizations",
+            "subscriptions",
+            "sensors",
+            "meter_reports",
+            "sensormeter_schema_version",
+        }
         assert all(table in first.stdout for table in tables)
         assert set(peewee.SqliteDatabase(str(path)).get_tables()) == tables
         second = sensormeter(env, "init-db")

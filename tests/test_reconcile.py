@@ -129,11 +129,34 @@ class TestCompare:
         [mismatch] = compare([hourly, on_demand], [stripe(H, 5)]).mismatches
         assert (mismatch.ledger_value, mismatch.identifier) == (8, "id-2")
 
-    def test_timestamp_tie_goes_to_the_higher_id(self) -> None:
-        """Two sent rows stamped the same second: the one with the higher id is expected."""
+    def test_timestamp_tie_goes_to_the_higher_id_and_is_reported(self) -> None:
+        """Two events stamped the same second: the higher id is expected, the tie is flagged."""
         rows = [entry(9, H, 4), entry(3, H, 6)]
-        [mismatch] = compare(rows, [stripe(H, 6)]).mismatches
-        assert (mismatch.ledger_value, mismatch.stripe_value) == (4, 6.0)
+        differs, tie = compare(rows, [stripe(H, 6)]).mismatches
+        assert (differs.kind, differs.ledger_value, differs.stripe_value) == (
+            "value_differs",
+            4,
+            6.0,
+        )
+        assert (tie.kind, tie.identifier) == ("same_timestamp", "id-3,id-9")
+        # Even when Stripe happens to hold the expected value, the tie is not "clean".
+        [only] = compare(rows, [stripe(H, 4)]).mismatches
+        assert only.kind == "same_timestamp"
+
+    def test_shared_customer_event_is_compared_once_with_its_sum(self) -> None:
+        """Two organizations' parts of one customer event: Stripe must hold their sum."""
+        parts = [
+            LedgerEntry(1, "a", "cus_x", 10, "id-a", H, "sent", "hourly", "ev+cus_x", 11),
+            LedgerEntry(2, "b", "cus_x", 1, "id-b", H, "sent", "hourly", "ev+cus_x", 11),
+        ]
+        assert compare(parts, [StripeHour("cus_x", H, 11)]).clean
+        [mismatch] = compare(parts, [StripeHour("cus_x", H, 1)]).mismatches
+        assert (mismatch.kind, mismatch.organization_id, mismatch.ledger_value) == (
+            "value_differs",
+            "a,b",
+            11,
+        )
+        assert mismatch.identifier == "ev+cus_x"
 
     def test_describe_names_every_field(self) -> None:
         """A mismatch prints as one line: kind, organization, customer, hour, both values."""

@@ -72,21 +72,28 @@ class KeepAliveClient(stripe.HTTPClient):
                 if reused and attempt == 0:
                     continue
                 raise self._connection_error(exc) from exc
-            except (OSError, http.client.HTTPException) as exc:
+            except Exception as exc:
+                # Not only network errors: http.client raises ValueError for a header value
+                # it refuses, and anything raised here must reach the caller as a Stripe
+                # error, so it is classified as one event's failure, not the chunk's.
                 conn.close()
                 del conns[key]
                 raise self._connection_error(exc) from exc
             if response.will_close:
                 conn.close()
                 del conns[key]
-            text = content.decode("utf-8")
+            # A proxy's error page may be in any encoding; stripe-python then reports a body
+            # that is not JSON as an APIError (retryable), keeping the status.
+            text = content.decode("utf-8", errors="replace")
             return text, response.status, {k.lower(): v for k, v in response.getheaders()}
         raise AssertionError("unreachable")
 
     @staticmethod
     def _connection_error(exc: BaseException) -> stripe.APIConnectionError:
         kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-        return stripe.APIConnectionError(f"Network error talking to Stripe ({kind}: {exc})")
+        if isinstance(exc, OSError | http.client.HTTPException):
+            return stripe.APIConnectionError(f"Network error talking to Stripe ({kind}: {exc})")
+        return stripe.APIConnectionError(f"Request to Stripe failed ({kind}: {exc})")
 
     def close(self) -> None:
         """Close this thread's connections."""

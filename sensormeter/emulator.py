@@ -41,7 +41,8 @@ _API_KEY = re.compile(r"(sk|rk)_(test|live)_\S+")
 _SUMMARIES_PATH = re.compile(r"/v1/billing/meters/([^/]+)/event_summaries")
 _EVENT_PATH = re.compile(r"/v2/core/events/([^/]+)")
 
-_Fault = tuple[int | None, str | None]  # status (None: drop the connection), message
+# status (None: drop the connection), and a message (JSON error) or a raw page (bytes)
+_Fault = tuple[int | None, str | bytes | None]
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,12 @@ class StripeEmulator:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
         self._queue((status, message), times)
 
+    def inject_page(self, status: int, page: bytes, times: int = 1) -> None:
+        """Answer the next `times` meter-event POSTs with a raw (non-JSON) page, as a proxy does."""
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
+        self._queue((status, page), times)
+
     def inject_disconnect(self, times: int = 1) -> None:
         """Drop the connection of the next `times` meter-event POSTs without answering."""
         self._queue((None, None), times)
@@ -300,12 +307,16 @@ class StripeEmulator:
         # stop() ends the wait early; a stopping emulator then answers nothing, like a dead host.
         if status is None or (latency and self._stopping.wait(latency)):
             return False
+        if isinstance(message, bytes):
+            page = Reply(status, "raw page")
+            page.response = (status, message, {"Content-Type": "text/html; charset=iso-8859-1"})
+            raise page
         if status == 429 or (not status and not self._bucket.take(count)):
-            text = message or "Request rate limit exceeded."
+            text = str(message or "Request rate limit exceeded.")
             raise Reply(429, text, kind="rate_limit_error", code="rate_limit")
         if status:
             kind = "api_error" if status >= 500 else "invalid_request_error"
-            raise Reply(status, message or "Injected error.", kind=kind)
+            raise Reply(status, str(message or "Injected error."), kind=kind)
         return True
 
     def _create_event(self, headers: Message, body: bytes) -> Response | None:

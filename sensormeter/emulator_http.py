@@ -62,11 +62,15 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         status, payload, headers = response
-        data = json.dumps(payload).encode()
+        # A raw page (bytes) goes out as it is, like a proxy's error page; the rest is JSON.
+        raw = isinstance(payload, bytes)
+        data = payload if raw else json.dumps(payload).encode()
         try:
             self.send_response(status)
             headers = {"Request-Id": "req_" + secrets.token_hex(8), **headers}
-            headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
+            if not raw:
+                headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = str(len(data))
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()

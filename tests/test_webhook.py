@@ -345,3 +345,27 @@ class TestRefusedDeliveries:
         assert caught.value.retryable
         assert caught.value.event_id == "evt_test_unknown"
         assert rows() == before
+
+
+class TestSharedCustomerEvent:
+    def test_a_sample_naming_a_shared_event_rejects_every_part(
+        self, database: peewee.Database, webhook_settings: Settings, emulator: StripeEmulator
+    ) -> None:
+        """A customer's event carries several organizations' rows: each becomes rejected."""
+        shared = "active_sensors+cus_x-2026-11-29T04"
+        for org in ("a", "b"):
+            ledger_row(org, f"active_sensors-{org}-2026-11-29T04")
+        ledger_row("c", "active_sensors-c-2026-11-29T04")
+        MeterReport.update(event_identifier=shared, event_value=34).where(
+            MeterReport.organization_id.in_(["a", "b"])
+        ).execute()
+        emulator.add_v2_event(
+            full_event(
+                "evt_shared",
+                [error_type("meter_event_customer_not_found", sample(shared, CUSTOMER_NOT_FOUND))],
+            )
+        )
+        result = deliver(json.dumps(thin_event("evt_shared")), webhook_settings, database)
+        assert (result.rows_marked, result.unmatched_samples) == (2, 0)
+        statuses = {r.organization_id: r.status for r in MeterReport.select()}
+        assert statuses == {"a": "rejected", "b": "rejected", "c": "sent"}

@@ -137,6 +137,8 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
             "SENSORMETER_PERIOD_CLOSE_MINUTES": str(settings.period_close_minutes),
         }
     )
+    if settings.usage_source:
+        env["SENSORMETER_USAGE_SOURCE"] = settings.usage_source
     env.update(extra)
     return env
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sensormeter.settings import Settings
-from sensormeter.usage import InMemoryUsageSource
+from sensormeter.usage import DatabaseUsageSource, InMemoryUsageSource
 
 
 def make_source(settings: Settings, database: Any) -> InMemoryUsageSource:
@@ -16,3 +17,29 @@ def make_source(settings: Settings, database: Any) -> InMemoryUsageSource:
 def not_a_source(settings: Settings, database: Any) -> object:
     """Returns something that lacks the UsageSource methods."""
     return object()
+
+
+class PoisonedSource(DatabaseUsageSource):
+    """The default tables, plus one organization id with a trailing newline ("org002\\n").
+
+    What a host's source may hand back from a dirty row; it must cost only itself.
+    """
+
+    BAD = "org002\n"
+
+    def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
+        """The real ids, with the bad one beside org002."""
+        ids = super().billable_organization_ids(after, limit)
+        return sorted(ids + [self.BAD]) if "org002" in ids else ids
+
+    def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
+        """The bad id claims org002's customer."""
+        found = super().billable_customers([o for o in organization_ids if o != self.BAD])
+        if self.BAD in organization_ids:
+            found[self.BAD] = "cus_org002"
+        return found
+
+
+def poisoned_source(settings: Settings, database: Any) -> PoisonedSource:
+    """Factory named as tests.host_source:poisoned_source."""
+    return PoisonedSource(database, settings.billable_status_values)

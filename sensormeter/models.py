@@ -53,6 +53,8 @@ class Subscription(BaseModel):
             (("status", "organization"), False),
             # The period-close check looks for periods ending in the next minutes.
             (("current_period_end",), False),
+            # Each report job looks up the organizations of its chunk's customers.
+            (("stripe_customer_id",), False),
         )
 
 

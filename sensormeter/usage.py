@@ -76,7 +76,7 @@ class DatabaseUsageSource:
         return {org_id: customer for org_id, customer in tuples(query)}
 
     def organizations_of_customers(self, customers: Sequence[str]) -> dict[str, list[str]]:
-        """The billable organizations billed to each of ``customers`` (two queries).
+        """The billable organizations billed to each of ``customers`` (one query).
 
         An organization counts under the customer :meth:`billable_customers` gives it (its
         newest billable subscription's), so both methods always agree.
@@ -84,17 +84,21 @@ class DatabaseUsageSource:
         if not customers:
             return {}
         org = Subscription.organization_id  # type: ignore[attr-defined]
-        candidates = [
-            row[0]
-            for row in tuples(
-                Subscription.select(org)
-                .where(self._billable() & Subscription.stripe_customer_id.in_(list(customers)))
-                .distinct()
-            )
-        ]
+        Candidate = Subscription.alias()
+        candidates = Candidate.select(Candidate.organization_id).where(
+            Candidate.status.in_(self.statuses)
+            & Candidate.stripe_customer_id.in_(list(customers))
+        )
+        query = (
+            Subscription.select(org, Subscription.stripe_customer_id)
+            .where(self._billable() & org.in_(candidates))
+            .order_by(org, Subscription.id)
+        )
+        # Ascending id: a later subscription of the same organization overwrites an earlier one.
+        owner = {org_id: customer for org_id, customer in tuples(query)}
         wanted = set(customers)
         members: dict[str, list[str]] = {}
-        for org_id, customer in sorted(self.billable_customers(candidates).items()):
+        for org_id, customer in sorted(owner.items()):
             if customer in wanted:
                 members.setdefault(customer, []).append(org_id)
         return members

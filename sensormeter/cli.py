@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,9 +15,48 @@ import redis
 
 from .errors import ConfigurationError, SensormeterError
 from .logs import configure_logging
-from .settings import Settings, redact_url
+from .settings import ASCII_INTEGER, ASCII_NUMBER, Settings, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BadArgument(click.BadParameter):
+    """Raised for a bad command-line value; shown as one ``error:`` line, without the usage."""
+
+    def show(self, file: Any = None) -> None:
+        """Print the one line (click would print the usage text first)."""
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class WholeNumber(click.IntRange):
+    """An IntRange of ASCII digits only: int() also takes '1_000', '١٢' and full-width digits."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Refuse anything but [+-]digits 0-9, then check the range as click does."""
+        if isinstance(value, str) and not ASCII_INTEGER.fullmatch(value.strip()):
+            raise BadArgument(
+                f"{value!r} is not a whole number written with the digits 0-9", ctx, param
+            )
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise BadArgument(exc.message, ctx, param) from None
+
+
+class Number(click.FloatRange):
+    """A FloatRange of ASCII digits only, never nan or inf (float() takes both)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Refuse anything but a finite decimal number written with 0-9, then check the range."""
+        if isinstance(value, str) and not ASCII_NUMBER.fullmatch(value.strip()):
+            raise BadArgument(f"{value!r} is not a number written with the digits 0-9", ctx, param)
+        try:
+            number = super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise BadArgument(exc.message, ctx, param) from None
+        if not math.isfinite(number):
+            raise BadArgument(f"{value!r} is too large", ctx, param)
+        return number
 
 
 def _fail(message: str) -> None:
@@ -115,7 +155,7 @@ def report_all(hour: str | None) -> None:
         try:
             check_reportable_hour(hour, utcnow())
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--hour") from None
+            raise BadArgument(str(exc), param_hint="--hour") from None
     settings = load_settings()
     job_id = enqueue_fanout(settings, connect_redis(settings), hour)
     click.echo(f"queued {job_id} on {settings.queue_name}")
@@ -127,7 +167,7 @@ def report_all(hour: str | None) -> None:
     "--workers",
     default=1,
     show_default=True,
-    type=click.IntRange(1, 64),
+    type=WholeNumber(1, 64),
     help="Number of RQ workers in the pool.",
 )
 @click.option("--burst", is_flag=True, help="Return once nothing is queued or waiting for a retry.")
@@ -151,7 +191,7 @@ def worker(workers: int, burst: bool) -> None:
     "--interval",
     default=5,
     show_default=True,
-    type=click.IntRange(1, 3600),
+    type=WholeNumber(1, 3600),
     help="Seconds between checks for due jobs.",
 )
 @friendly_errors
@@ -180,7 +220,7 @@ def status() -> None:
     from .worker import pending_work
 
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     counts = ledger.summary()
     click.echo("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     last = (
@@ -209,7 +249,7 @@ def status() -> None:
 
 
 @main.command("failed")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--limit", default=50, show_default=True, type=WholeNumber(1, 10_000))
 @click.option(
     "--rejected",
     is_flag=True,
@@ -221,7 +261,7 @@ def failed(limit: int, rejected: bool) -> None:
     from .models import MeterReport, open_database
 
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     status = MeterReport.REJECTED if rejected else MeterReport.FAILED
     rows = MeterReport.select().where(MeterReport.status == status)
     total = rows.count()
@@ -253,7 +293,7 @@ def reconcile(since: str | None, until: str | None, org: str | None) -> None:
     if org is not None:
         validate_organization_id(org)
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     result = run_reconcile(settings, start, end, org)
     for mismatch in result.mismatches:
         click.echo(mismatch.describe())
@@ -282,7 +322,7 @@ def retry_failed(org: str | None, include_stale_pending: bool) -> None:
     if org is not None:
         ledger.validate_organization_id(org)
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     stale = utcnow() - stale_after(settings) if include_stale_pending else None
     ids = ledger.ids_to_resend(failed=True, stale_before=stale, organization_id=org)
     jobs = enqueue_resend(settings, connect_redis(settings), ids)
@@ -315,7 +355,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
         last = ledger.parse_hour_option(until) if until else ledger.hour_start(now)
         hours = backfill_window(first, last, now)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise BadArgument(str(exc), param_hint="--since/--until") from None
     settings = load_settings()
     runtime = Runtime.build(settings)
     with runtime.database.connection_context():
@@ -354,18 +394,18 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
 
 @main.command("stripe-emulator")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=12111, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=12111, show_default=True, type=WholeNumber(0, 65535))
 @click.option(
     "--rate-limit",
     default=None,
-    type=click.FloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     help="Answer 429 beyond this many meter events per second.",
 )
 @click.option(
     "--latency",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Number(min=0),
     help="Seconds to wait before answering each meter-event request.",
 )
 def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: float) -> None:
@@ -376,7 +416,7 @@ def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: flo
 
 
 @main.command("demo")
-@click.option("-n", "--workers", default=5, show_default=True, type=click.IntRange(1, 16))
+@click.option("-n", "--workers", default=5, show_default=True, type=WholeNumber(1, 16))
 @friendly_errors
 def demo(workers: int) -> None:
     """Seed demo data, run the Procfile's workers and scheduler once, show what was reported."""

@@ -217,6 +217,7 @@ def status() -> None:
     from .jobs import make_queue
     from .models import MeterReport, open_database
     from .schedule import make_scheduler, scheduled_run_time
+    from .skipped import skipped_ids
     from .worker import pending_work
 
     settings = load_settings()
@@ -234,6 +235,14 @@ def status() -> None:
     connection = connect_redis(settings)
     queued, scheduled = pending_work(make_queue(settings, connection))
     click.echo(f"queue {settings.queue_name}: {queued} queued, {scheduled} waiting for retry")
+    skipped = skipped_ids(connection, settings.queue_name)
+    if skipped:
+        more = f", and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        click.echo(
+            f"{len(skipped)} organization id(s) from the usage source cannot be reported: "
+            + ", ".join(s.describe() for s in skipped[:10])
+            + more
+        )
     next_run = scheduled_run_time(
         make_scheduler(settings.queue_name, connection), settings.queue_name
     )

@@ -18,6 +18,9 @@ from .logs import scrub
 from .models import Organization, Sensor, Subscription, tuples, utcnow
 from .settings import Settings
 
+# What "blank" means for a customer id: ASCII whitespace, trimmed alike in SQL and in Python.
+BLANKS = " \t\n\r\f\v"
+
 
 @runtime_checkable
 class UsageSource(Protocol):
@@ -48,11 +51,12 @@ class DatabaseUsageSource:
         self.statuses = list(billable_status_values)
 
     def _billable(self) -> peewee.Expression:
-        # A customer id of spaces is as missing as an empty one (TRIM: SQLite and PostgreSQL).
+        # A customer id of blanks is as missing as an empty one. trim(x, chars) means the
+        # same on SQLite and PostgreSQL; plain TRIM would remove spaces only.
         return (
             Subscription.status.in_(self.statuses)
             & Subscription.stripe_customer_id.is_null(False)
-            & (peewee.fn.TRIM(Subscription.stripe_customer_id) != "")
+            & (peewee.fn.TRIM(Subscription.stripe_customer_id, BLANKS) != "")
         )
 
     def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
@@ -174,7 +178,7 @@ class InMemoryUsageSource:
 
     def _has_customer(self, organization_id: str) -> bool:
         # As the database source: a customer id that is blank after trimming is none.
-        return bool((self.customers.get(organization_id) or "").strip())
+        return bool((self.customers.get(organization_id) or "").strip(BLANKS))
 
     def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
         """Billable ids after ``after``, ascending."""

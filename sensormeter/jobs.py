@@ -212,14 +212,14 @@ def _valid_ids(
     Each malformed id is also recorded in Redis with its reason, for ``sensormeter status``.
     """
     valid = []
-    skipped: dict[object, str] = {}
+    skipped: list[tuple[object, str]] = []
     for org in organization_ids:
         try:
             valid.append(ledger.validate_organization_id(org))
         except InvalidOrganizationId as exc:
             # Failing the job would fail every other organization of the chunk, every retry.
             log.error("report.skipped", organization_id=repr(org), reason=str(exc), job_id=job_id)
-            skipped[org] = ledger.organization_id_problem(org) or str(exc)
+            skipped.append((org, ledger.organization_id_problem(org) or str(exc)))
     record_skipped(connection, queue_name, skipped)
     return valid
 

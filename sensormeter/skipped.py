@@ -10,7 +10,7 @@ of leaving one log line per hour as the only trace. An id stays listed for
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -71,11 +71,14 @@ class SkippedId:
 def record_skipped(
     connection: redis.Redis,
     queue_name: str,
-    skipped: Mapping[object, str],
+    skipped: Sequence[tuple[object, str]],
     *,
     now: float | None = None,
 ) -> None:
     """Remember ids the usage source handed back that cannot be reported, with their reason.
+
+    ``skipped`` holds (id, reason) pairs; an id may be any value a source returns (even an
+    unhashable one), and is stored as its repr.
 
     A Redis failure is logged (``skipped.not_recorded``) and not raised: the other
     organizations of the job must still be reported.
@@ -84,14 +87,14 @@ def record_skipped(
         return
     moment = int(time.time() if now is None else now)
     args: list[str | int] = [moment, SKIPPED_TTL_SECONDS, MAX_SKIPPED]
-    for organization_id, reason in list(skipped.items())[:MAX_SKIPPED]:
+    for organization_id, reason in skipped[:MAX_SKIPPED]:
         args += [repr(organization_id)[:_MAX_FIELD], reason]
     try:
         connection.eval(_RECORD, 1, skipped_key(queue_name), *args)
     except redis.RedisError as exc:
         log.warning(
             "skipped.not_recorded",
-            organizations=[repr(o) for o in list(skipped)[:10]],
+            organizations=[repr(o) for o, _ in skipped[:10]],
             error=str(exc) or type(exc).__name__,
         )
 

@@ -23,6 +23,7 @@ from sensormeter.skipped import (
 from sensormeter.usage import InMemoryUsageSource
 
 from .conftest import SENSORMETER, TEST_QUEUE, cli_env
+from .factories import make_org
 from .faults.conftest import assert_billed_exactly_once
 from .test_jobs import work
 
@@ -59,6 +60,21 @@ def test_bad_ids_are_skipped_the_chunk_reported_and_status_shows_them(
     )
 
 
+def test_an_unhashable_id_from_a_job_argument_is_skipped_too(
+    runtime: Runtime, emulator: StripeEmulator
+) -> None:
+    """A list where an id belongs (job arguments are JSON) is skipped and recorded, not a crash."""
+    from sensormeter import process_meter_report
+
+    make_org("good", active=2)
+    hour = ledger.format_hour(utcnow())
+    result = process_meter_report(["good", ["bad"]], hour=hour)  # type: ignore[list-item]
+    assert result["outcomes"] == {"good": "sent"}
+    assert_billed_exactly_once(emulator, {"good": "cus_good"}, hour)
+    [skipped] = skipped_ids(runtime.redis, TEST_QUEUE)
+    assert (skipped.shown, skipped.reason) == ("['bad']", "must be a string, got list")
+
+
 def test_period_close_records_its_skipped_ids(runtime: Runtime) -> None:
     """The every-minute period-close check records a bad id it skips."""
     end = utcnow() + timedelta(minutes=4)
@@ -75,38 +91,39 @@ def test_period_close_records_its_skipped_ids(runtime: Runtime) -> None:
 class TestRecord:
     def test_sighting_refreshes_the_ttl(self, redis_conn: redis.Redis) -> None:
         """Each sighting sets the hash's TTL to about two days again."""
-        record_skipped(redis_conn, "q", {"a\n": "why"}, now=NOW)
+        record_skipped(redis_conn, "q", [("a\n", "why")], now=NOW)
         redis_conn.expire(skipped_key("q"), 60)
-        record_skipped(redis_conn, "q", {"a\n": "why"}, now=NOW + 10)
+        record_skipped(redis_conn, "q", [("a\n", "why")], now=NOW + 10)
         assert redis_conn.ttl(skipped_key("q")) > SKIPPED_TTL_SECONDS - 60
         assert skipped_key("q") == "sensormeter:q:skipped-ids"
 
     def test_ids_unseen_for_the_ttl_drop_out(self, redis_conn: redis.Redis) -> None:
         """An id not seen for two days is no longer listed, while a fresher one is."""
-        record_skipped(redis_conn, "q", {"old ": "gone"}, now=NOW)
+        record_skipped(redis_conn, "q", [("old ", "gone")], now=NOW)
         later = NOW + SKIPPED_TTL_SECONDS + 1
         assert skipped_ids(redis_conn, "q", now=later) == []
-        record_skipped(redis_conn, "q", {"new ": "here"}, now=later)
+        record_skipped(redis_conn, "q", [("new ", "here")], now=later)
         assert [s.shown for s in skipped_ids(redis_conn, "q", now=later)] == ["'new '"]
         assert redis_conn.hlen(skipped_key("q")) == 1
 
     def test_bounded_keeping_the_most_recent(self, redis_conn: redis.Redis) -> None:
         """Beyond MAX_SKIPPED ids, the least recently seen are forgotten."""
         for i in range(MAX_SKIPPED + 5):
-            record_skipped(redis_conn, "q", {f"id{i} ": "r"}, now=NOW + i)
+            record_skipped(redis_conn, "q", [(f"id{i} ", "r")], now=NOW + i)
         kept = skipped_ids(redis_conn, "q", now=NOW + MAX_SKIPPED + 5)
         assert len(kept) == MAX_SKIPPED
         assert kept[0].shown == f"'id{MAX_SKIPPED + 4} '" and kept[-1].shown == "'id5 '"
-        record_skipped(redis_conn, "q", {f"x{i}": "r" for i in range(3 * MAX_SKIPPED)}, now=NOW)
+        record_skipped(redis_conn, "q", [(f"x{i}", "r") for i in range(3 * MAX_SKIPPED)], now=NOW)
         assert redis_conn.hlen(skipped_key("q")) == MAX_SKIPPED
 
     def test_odd_values_are_shown_by_their_repr(self, redis_conn: redis.Redis) -> None:
         """Non-string ids and very long ones are listed readably and bounded."""
-        record_skipped(redis_conn, "q", {7: "must be a string", "x" * 500: "too long"}, now=NOW)
+        odd = [(7, "must be a string"), (["a"], "must be a string"), ("x" * 500, "too long")]
+        record_skipped(redis_conn, "q", odd, now=NOW)
         shown = sorted(s.shown for s in skipped_ids(redis_conn, "q", now=NOW))
-        assert shown[0] == "'" + "x" * 119 and shown[1] == "7"
+        assert shown == ["'" + "x" * 119, "7", "['a']"]
 
     def test_redis_down_does_not_stop_the_job(self) -> None:
         """Recording is best effort: an unreachable Redis is logged, not raised."""
         down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
-        record_skipped(down, "q", {"a\n": "why"})
+        record_skipped(down, "q", [("a\n", "why")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,9 +15,48 @@ import redis
 
 from .errors import ConfigurationError, SensormeterError
 from .logs import configure_logging
-from .settings import Settings, redact_url
+from .settings import ASCII_INTEGER, ASCII_NUMBER, Settings, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BadArgument(click.BadParameter):
+    """Raised for a bad command-line value; shown as one ``error:`` line, without the usage."""
+
+    def show(self, file: Any = None) -> None:
+        """Print the one line (click would print the usage text first)."""
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class WholeNumber(click.IntRange):
+    """An IntRange of ASCII digits only: int() also takes '1_000', '١٢' and full-width digits."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Refuse anything but [+-]digits 0-9, then check the range as click does."""
+        if isinstance(value, str) and not ASCII_INTEGER.fullmatch(value.strip()):
+            raise BadArgument(
+                f"{value!r} is not a whole number written with the digits 0-9", ctx, param
+            )
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise BadArgument(exc.message, ctx, param) from None
+
+
+class Number(click.FloatRange):
+    """A FloatRange of ASCII digits only, never nan or inf (float() takes both)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Refuse anything but a finite decimal number written with 0-9, then check the range."""
+        if isinstance(value, str) and not ASCII_NUMBER.fullmatch(value.strip()):
+            raise BadArgument(f"{value!r} is not a number written with the digits 0-9", ctx, param)
+        try:
+            number = super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise BadArgument(exc.message, ctx, param) from None
+        if not math.isfinite(number):
+            raise BadArgument(f"{value!r} is too large", ctx, param)
+        return number
 
 
 def _fail(message: str) -> None:
@@ -124,7 +164,7 @@ def report_all(hour: str | None) -> None:
         try:
             check_reportable_hour(hour, utcnow())
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--hour") from None
+            raise BadArgument(str(exc), param_hint="--hour") from None
     settings = load_settings()
     job_id = enqueue_fanout(settings, connect_redis(settings), hour)
     click.echo(f"queued {job_id} on {settings.queue_name}")
@@ -136,7 +176,7 @@ def report_all(hour: str | None) -> None:
     "--workers",
     default=1,
     show_default=True,
-    type=click.IntRange(1, 64),
+    type=WholeNumber(1, 64),
     help="Number of RQ workers in the pool.",
 )
 @click.option("--burst", is_flag=True, help="Return once nothing is queued or waiting for a retry.")
@@ -160,7 +200,7 @@ def worker(workers: int, burst: bool) -> None:
     "--interval",
     default=5,
     show_default=True,
-    type=click.IntRange(1, 3600),
+    type=WholeNumber(1, 3600),
     help="Seconds between checks for due jobs.",
 )
 @friendly_errors
@@ -186,10 +226,11 @@ def status() -> None:
     from .jobs import make_queue
     from .models import MeterReport, open_database
     from .schedule import make_scheduler, scheduled_run_time
+    from .skipped import skipped_ids
     from .worker import pending_work
 
     settings = load_settings()
-    database = open_database(settings.database_url)
+    database = open_database(settings.database_url, create=False)
     counts = ledger.summary()
     click.echo("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     last = (
@@ -203,6 +244,14 @@ def status() -> None:
     connection = connect_redis(settings)
     queued, scheduled = pending_work(make_queue(settings, connection))
     click.echo(f"queue {settings.queue_name}: {queued} queued, {scheduled} waiting for retry")
+    skipped = skipped_ids(connection, settings.queue_name)
+    if skipped:
+        more = f", and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        click.echo(
+            f"{len(skipped)} organization id(s) from the usage source cannot be reported: "
+            + ", ".join(s.describe() for s in skipped[:10])
+            + more
+        )
     next_run = scheduled_run_time(
         make_scheduler(settings.queue_name, connection), settings.queue_name
     )
@@ -262,7 +311,7 @@ def _echo_shared_customers(settings: Settings, database: peewee.Database) -> Non
 
 
 @main.command("failed")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--limit", default=50, show_default=True, type=WholeNumber(1, 10_000))
 @click.option(
     "--rejected",
     is_flag=True,
@@ -274,7 +323,7 @@ def failed(limit: int, rejected: bool) -> None:
     from .models import MeterReport, open_database
 
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     status = MeterReport.REJECTED if rejected else MeterReport.FAILED
     rows = MeterReport.select().where(MeterReport.status == status)
     total = rows.count()
@@ -308,7 +357,7 @@ def reconcile(since: str | None, until: str | None, org: str | None) -> None:
     if org is not None:
         validate_organization_id(org)
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     result = run_reconcile(settings, start, end, org)
     for mismatch in result.mismatches:
         click.echo(mismatch.describe())
@@ -337,7 +386,7 @@ def retry_failed(org: str | None, include_stale_pending: bool) -> None:
     if org is not None:
         ledger.validate_organization_id(org)
     settings = load_settings()
-    open_database(settings.database_url)
+    open_database(settings.database_url, create=False)
     stale = utcnow() - stale_after(settings) if include_stale_pending else None
     ids = ledger.ids_to_resend(failed=True, stale_before=stale, organization_id=org)
     jobs = enqueue_resend(settings, connect_redis(settings), ids)
@@ -370,7 +419,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
         last = ledger.parse_hour_option(until) if until else ledger.hour_start(now)
         hours = backfill_window(first, last, now)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise BadArgument(str(exc), param_hint="--since/--until") from None
     settings = load_settings()
     runtime = Runtime.build(settings)
     with runtime.database.connection_context():
@@ -409,18 +458,18 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
 
 @main.command("stripe-emulator")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=12111, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=12111, show_default=True, type=WholeNumber(0, 65535))
 @click.option(
     "--rate-limit",
     default=None,
-    type=click.FloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     help="Answer 429 beyond this many meter events per second.",
 )
 @click.option(
     "--latency",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Number(min=0),
     help="Seconds to wait before answering each meter-event request.",
 )
 def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: float) -> None:
@@ -431,7 +480,7 @@ def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: flo
 
 
 @main.command("demo")
-@click.option("-n", "--workers", default=5, show_default=True, type=click.IntRange(1, 16))
+@click.option("-n", "--workers", default=5, show_default=True, type=WholeNumber(1, 16))
 @friendly_errors
 def demo(workers: int) -> None:
     """Seed demo data, run the Procfile's workers and scheduler once, show what was reported."""

@@ -90,7 +90,7 @@ def run_demo(base: Settings, echo: Callable[[str], None], workers: int = 5) -> i
         settings = demo_settings(base, emulator.base_url)
         connection = make_redis(settings.redis_url)
         check_redis(connection, settings.redis_url)
-        runtime = Runtime.build(settings)
+        runtime = Runtime.build(settings, create_database=True)
         create_tables(runtime.database)
         seed(runtime.database)
         echo(f"Seeded {len(DEMO_ORGANIZATIONS)} demo organizations into {settings.database_url}")

@@ -20,6 +20,7 @@ from .models import utcnow
 from .reporter import Reporter
 from .runtime import get_runtime, make_redis
 from .settings import Settings, redact_url
+from .skipped import record_skipped
 from .usage import iter_billable_chunks
 
 log = structlog.get_logger("sensormeter.jobs")
@@ -152,7 +153,7 @@ def process_meter_report(
         log.error("job.failed", job_id=job_id, organizations=organization_ids, error=str(exc))
         raise
     settings = runtime.settings
-    orgs = _valid_ids(organization_ids, job_id)
+    orgs = _valid_ids(organization_ids, job_id, runtime.redis, settings.queue_name)
     if request_id is not None and job_id is not None:
         for org in orgs:
             runtime.redis.eval(_RELEASE, 1, waiting_key(settings, org), job_id)
@@ -203,15 +204,23 @@ def process_meter_report(
     return summary
 
 
-def _valid_ids(organization_ids: list[str], job_id: str | None) -> list[str]:
-    """The well-formed ids; a malformed one (from a host's source) is logged, not fatal."""
+def _valid_ids(
+    organization_ids: list[str], job_id: str | None, connection: redis.Redis, queue_name: str
+) -> list[str]:
+    """The well-formed ids; a malformed one (from a host's source) is logged, not fatal.
+
+    Each malformed id is also recorded in Redis with its reason, for ``sensormeter status``.
+    """
     valid = []
+    skipped: list[tuple[object, str]] = []
     for org in organization_ids:
         try:
             valid.append(ledger.validate_organization_id(org))
         except InvalidOrganizationId as exc:
             # Failing the job would fail every other organization of the chunk, every retry.
             log.error("report.skipped", organization_id=repr(org), reason=str(exc), job_id=job_id)
+            skipped.append((org, ledger.organization_id_problem(org) or str(exc)))
+    record_skipped(connection, queue_name, skipped)
     return valid
 
 

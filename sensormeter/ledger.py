@@ -17,23 +17,35 @@ from .meter import MeterEvent, Outcome, SendResult
 from .models import MeterReport, tuples, utcnow
 
 MAX_IDENTIFIER = 100  # Stripe's limit on a meter event identifier.
-_ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,63}$")
+# Matched with fullmatch: "$" alone would also match before a trailing newline ("acme\n").
+_ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,63}", re.ASCII)
+# ASCII digits only: strptime also takes other scripts' digits ("２０２６-...").
+_HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}", re.ASCII)
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _ERROR_LIMIT = 500
 
 
-def validate_organization_id(organization_id: object) -> str:
-    """Return the id if it is a non-empty string of 1-64 safe characters, else raise."""
+def organization_id_problem(organization_id: object) -> str | None:
+    """Say what is wrong with an organization id, or None when it is well-formed."""
     if not isinstance(organization_id, str):
-        raise InvalidOrganizationId(
-            organization_id, f"must be a string, got {type(organization_id).__name__}"
-        )
+        return f"must be a string, got {type(organization_id).__name__}"
     if organization_id.strip() == "":
-        raise InvalidOrganizationId(organization_id, "must not be empty")
-    if not _ORG_ID.match(organization_id):
-        raise InvalidOrganizationId(
-            organization_id,
-            "use 1-64 letters, digits, '.', '_', ':', '@' or '-', starting with a letter or digit",
+        return "must not be empty"
+    if organization_id != organization_id.strip():
+        return "has leading or trailing whitespace"
+    if not _ORG_ID.fullmatch(organization_id):
+        return (
+            "use 1-64 letters, digits, '.', '_', ':', '@' or '-' (ASCII), "
+            "starting with a letter or digit"
         )
+    return None
+
+
+def validate_organization_id(organization_id: object) -> str:
+    """Return the id if it is a non-empty string of 1-64 safe ASCII characters, else raise."""
+    problem = organization_id_problem(organization_id)
+    if problem is not None or not isinstance(organization_id, str):
+        raise InvalidOrganizationId(organization_id, problem or "must be a string")
     return organization_id
 
 
@@ -50,19 +62,28 @@ def format_hour(hour: datetime) -> str:
 def parse_hour(label: str) -> datetime:
     """Parse ``YYYY-MM-DDTHH`` (as made by :func:`format_hour`) into a naive UTC datetime."""
     try:
+        if not isinstance(label, str) or not _HOUR.fullmatch(label):
+            raise ValueError(label)
         return datetime.strptime(label, "%Y-%m-%dT%H")
     except ValueError:
-        raise ValueError(f"hour {label!r} is not of the form YYYY-MM-DDTHH (UTC)") from None
+        raise ValueError(
+            f"hour {label!r} is not of the form YYYY-MM-DDTHH (UTC, digits 0-9)"
+        ) from None
 
 
 def parse_hour_option(text: str) -> datetime:
     """Parse a command-line hour: ``YYYY-MM-DDTHH`` or a day ``YYYY-MM-DD`` (its first hour)."""
-    for form in ("%Y-%m-%dT%H", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(text.strip(), form)
-        except ValueError:
+    stripped = text.strip()
+    for pattern, form in ((_HOUR, "%Y-%m-%dT%H"), (_DAY, "%Y-%m-%d")):
+        if not pattern.fullmatch(stripped):
             continue
-    raise ValueError(f"{text!r} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD")
+        try:
+            return datetime.strptime(stripped, form)
+        except ValueError:
+            break  # the right shape, but no such date or hour (2026-02-30, T24)
+    raise ValueError(
+        f"{text!r} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD (digits 0-9)"
+    )
 
 
 MAX_PAST_HOURS = 35 * 24 - 1  # Stripe accepts timestamps up to 35 days old

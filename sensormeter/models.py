@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import peewee
 
 from .errors import ConfigurationError, ServiceUnavailable
-from .settings import redact_url
+from .settings import redact_url, split_url
 
 
 def utcnow() -> datetime:
@@ -145,7 +146,7 @@ MODELS: list[type[BaseModel]] = [SchemaVersion, Organization, Subscription, Sens
 
 def make_database(url: str) -> peewee.Database:
     """Build (without connecting) a peewee database for ``sqlite:///...`` or ``postgresql://...``."""
-    parts = urlsplit(url)
+    parts = split_url(url, "DATABASE_URL")
     options: dict[str, Any] = dict(parse_qsl(parts.query))
     if parts.scheme == "sqlite":
         path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
@@ -179,9 +180,30 @@ def make_database(url: str) -> peewee.Database:
     raise ConfigurationError("DATABASE_URL", f"unsupported scheme in {redact_url(url)!r}")
 
 
-def open_database(url: str) -> peewee.Database:
-    """Build the database, bind the models to it and check that it answers."""
+def open_database(url: str, *, create: bool = True) -> peewee.Database:
+    """Build the database, bind the models to it and check that it answers.
+
+    Args:
+        url: ``DATABASE_URL``.
+        create: whether a SQLite file that does not exist may be created. Only
+            ``sensormeter init-db`` and ``demo`` create one; everything else passes False,
+            so that a mistyped path is an error instead of a new, empty database.
+
+    Raises:
+        ConfigurationError: the URL is malformed or its driver is missing.
+        ServiceUnavailable: the database does not answer, or (``create=False``) the SQLite
+            file does not exist.
+    """
     database = make_database(url)
+    if not create and isinstance(database, peewee.SqliteDatabase):
+        path = str(database.database)
+        if path != ":memory:" and not os.path.exists(path):
+            raise ServiceUnavailable(
+                "the database",
+                redact_url(url),
+                f"no SQLite database at {os.path.abspath(path)} "
+                "(run 'sensormeter init-db' first)",
+            )
     database.bind(MODELS)
     try:
         database.connect(reuse_if_open=True)

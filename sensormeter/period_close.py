@@ -85,7 +85,8 @@ def close_periods() -> dict[str, Any]:
             now - LOOK_BACK, now + timedelta(minutes=settings.period_close_minutes)
         )
         # A host's source may hand back a malformed id: skip it (logged), keep the others.
-        ending = {org: found[org] for org in _valid_ids(list(found), None)}
+        valid = _valid_ids(list(found), None, runtime.redis, settings.queue_name)
+        ending = {org: found[org] for org in valid}
         identifiers = {
             org: ledger.on_demand_identifier(
                 org, settings.meter_event_name, close_request_id(end)

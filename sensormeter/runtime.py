@@ -10,25 +10,33 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import peewee
 import redis
 
-from .errors import ServiceUnavailable
+from .errors import ConfigurationError, ServiceUnavailable
 from .meter import MeterClient
 from .meters import make_meter_client
 from .migrations import check_schema
 from .models import open_database
-from .settings import Settings, redact_url
+from .settings import Settings, redact_url, split_url
 from .usage import UsageSource, load_usage_source
 
 
 def make_redis(url: str) -> redis.Redis:
-    """A Redis client for ``url`` (no connection yet); accepts Heroku's self-signed rediss://."""
-    if urlsplit(url).scheme == "rediss" and "ssl_cert_reqs" not in url:
-        return redis.Redis.from_url(url, ssl_cert_reqs=None)
-    return redis.Redis.from_url(url)
+    """A Redis client for ``url`` (no connection yet); accepts Heroku's self-signed rediss://.
+
+    Raises:
+        ConfigurationError: naming REDIS_URL, when redis-py cannot read the URL.
+    """
+    options: dict[str, object] = {}
+    if split_url(url, "REDIS_URL").scheme == "rediss" and "ssl_cert_reqs" not in url:
+        options["ssl_cert_reqs"] = None
+    try:
+        return redis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        # redis-py's messages name the bad part (e.g. a query option), never the password.
+        raise ConfigurationError("REDIS_URL", f"{redact_url(url)!r}: {exc}") from None
 
 
 def check_redis(connection: redis.Redis, url: str) -> None:
@@ -51,10 +59,23 @@ class Runtime:
     pid: int = field(default_factory=os.getpid)
 
     @classmethod
-    def build(cls, settings: Settings, *, meter: MeterClient | None = None) -> Runtime:
-        """Open the database, the Redis client, the usage source and the Stripe client."""
-        database = open_database(settings.database_url)
-        check_schema(database)
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        meter: MeterClient | None = None,
+        create_database: bool = False,
+    ) -> Runtime:
+        """Open the database, the Redis client, the usage source and the Stripe client.
+
+        A SQLite file that does not exist is refused (ServiceUnavailable) unless
+        ``create_database`` is true: a mistyped path must not become an empty database.
+        A database whose schema is behind this release is refused (SchemaOutdated), unless
+        ``create_database`` is true, where the caller creates the tables next (the demo).
+        """
+        database = open_database(settings.database_url, create=create_database)
+        if not create_database:
+            check_schema(database)
         connection = make_redis(settings.redis_url)
         return cls(
             settings=settings,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
@@ -34,15 +35,35 @@ _STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$")
 # Stripe accepts meter events up to 35 days old; keep an hour's margin for a late job.
 MAX_CATCHUP_HOURS = 35 * 24 - 1
 _USAGE_SOURCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# ASCII digits only: int() and float() also take '1_000', Arabic-Indic or full-width digits,
+# 'nan' and 'inf', none of which anybody means in a setting.
+ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+ASCII_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_REDIS_DB_PATH = re.compile(r"/?[0-9]*")
+
+
+def split_url(url: str, name: str) -> SplitResult:
+    """Split a URL, port included; raise ConfigurationError naming ``name`` when it cannot be.
+
+    ``urlsplit`` raises a bare ValueError on a malformed IPv6 host ("Invalid IPv6 URL"), and
+    ``.port`` on a port that is not a number in 0-65535. Neither message holds the password.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it is the check)
+    except ValueError as exc:
+        raise ConfigurationError(name, f"is not a valid URL ({exc})") from None
+    return parts
 
 
 def redact_url(url: str) -> str:
     """Return the URL with any password replaced by ``***`` so it can be logged or printed."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    if password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
@@ -92,6 +113,7 @@ class Settings:
             **self.__dict__,
             "redis_url": redact_url(self.redis_url),
             "database_url": redact_url(self.database_url),
+            "https_proxy": redact_url(self.https_proxy) if self.https_proxy else None,
             "stripe_api_key": "***" if self.stripe_api_key else None,
             "stripe_webhook_secret": "***" if self.stripe_webhook_secret else None,
         }
@@ -188,18 +210,16 @@ def _statuses(raw: str) -> frozenset[str]:
 
 
 def _integer(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a whole number") from None
-    return value
+    if not ASCII_INTEGER.fullmatch(raw):
+        raise ValueError(f"{raw!r} is not a whole number (write it with the digits 0-9)")
+    return int(raw)
 
 
 def _number(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a number") from None
+    value = float(raw) if ASCII_NUMBER.fullmatch(raw) else math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{raw!r} is not a number (write it with the digits 0-9, e.g. 2.5)")
+    return value
 
 
 def _text(raw: str) -> str:
@@ -238,13 +258,19 @@ def _validate(s: Settings) -> None:
     def fail(attribute: str, problem: str) -> None:
         raise ConfigurationError(attribute, problem)
 
-    redis = urlsplit(s.redis_url)
+    redis = split_url(s.redis_url, "redis_url")
     if redis.scheme not in ("redis", "rediss", "unix"):
         fail(
             "redis_url",
             f"{redact_url(s.redis_url)!r} must start with redis://, rediss:// or unix://",
         )
-    db = urlsplit(s.database_url)
+    if redis.scheme != "unix" and not _REDIS_DB_PATH.fullmatch(redis.path):
+        # redis-py quietly uses database 0 for a path that is not a number.
+        fail(
+            "redis_url",
+            f"{redact_url(s.redis_url)!r}: the path must be a database number, e.g. /0",
+        )
+    db = split_url(s.database_url, "database_url")
     if db.scheme not in ("sqlite", "postgres", "postgresql"):
         fail(
             "database_url",
@@ -255,7 +281,7 @@ def _validate(s: Settings) -> None:
             "stripe_api_key", "must look like sk_test_..., sk_live_..., rk_test_... or rk_live_..."
         )
     if s.stripe_api_base is not None:
-        base = urlsplit(s.stripe_api_base)
+        base = split_url(s.stripe_api_base, "stripe_api_base")
         if base.scheme not in ("http", "https") or not base.netloc:
             fail("stripe_api_base", f"{s.stripe_api_base!r} must be an http(s):// base address")
     if not _EVENT_NAME.match(s.meter_event_name):
@@ -303,6 +329,11 @@ def _validate(s: Settings) -> None:
             "period_close_minutes",
             f"{s.period_close_minutes} is out of range (0 to 30; 0 turns period-close reports off)",
         )
+    if s.https_proxy is not None:
+        # requests reads a proxy without a scheme as http://.
+        proxy = s.https_proxy if "://" in s.https_proxy else "http://" + s.https_proxy
+        if not split_url(proxy, "https_proxy").hostname:
+            fail("https_proxy", "must be a proxy address, e.g. http://proxy.example.com:3128")
     if s.stripe_webhook_secret is not None and not s.stripe_webhook_secret.startswith("whsec_"):
         fail("stripe_webhook_secret", "must be the endpoint's signing secret, whsec_...")
     if not 10 <= s.job_timeout_seconds <= 3600:

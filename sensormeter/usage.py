@@ -13,9 +13,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import peewee
 
-from .errors import ConfigurationError
-from .models import Organization, Sensor, Subscription, tuples
+from .errors import ConfigurationError, SensormeterError
+from .logs import scrub
+from .models import Organization, Sensor, Subscription, tuples, utcnow
 from .settings import Settings
+
+# What "blank" means for a customer id: ASCII whitespace, trimmed alike in SQL and in Python.
+BLANKS = " \t\n\r\f\v"
 
 
 @runtime_checkable
@@ -47,10 +51,12 @@ class DatabaseUsageSource:
         self.statuses = list(billable_status_values)
 
     def _billable(self) -> peewee.Expression:
+        # A customer id of blanks is as missing as an empty one. trim(x, chars) means the
+        # same on SQLite and PostgreSQL; plain TRIM would remove spaces only.
         return (
             Subscription.status.in_(self.statuses)
             & Subscription.stripe_customer_id.is_null(False)
-            & (Subscription.stripe_customer_id != "")
+            & (peewee.fn.TRIM(Subscription.stripe_customer_id, BLANKS) != "")
         )
 
     def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
@@ -122,8 +128,13 @@ class DatabaseUsageSource:
         return {c: int(n) for c, n in tuples(query)}
 
     def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
-        """One GROUP BY query; organizations with no active sensor count 0."""
-        return self._count(organization_ids, Sensor.deleted_at.is_null())
+        """One GROUP BY query; organizations with no active sensor count 0.
+
+        A sensor created in the future is not counted yet: read later for the same moment
+        (``count_active_sensors_at``) it would not be either, and an hour has one count.
+        """
+        alive_now = Sensor.deleted_at.is_null() & (Sensor.created_at <= utcnow())
+        return self._count(organization_ids, alive_now)
 
     def count_active_sensors_at(
         self, organization_ids: Sequence[str], at: datetime
@@ -211,16 +222,20 @@ class InMemoryUsageSource:
             if self.customers.get(o) and after < end <= until
         }
 
+    def _has_customer(self, organization_id: str) -> bool:
+        # As the database source: a customer id that is blank after trimming is none.
+        return bool((self.customers.get(organization_id) or "").strip(BLANKS))
+
     def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
         """Billable ids after ``after``, ascending."""
         self.queries += 1
-        ids = sorted(o for o, c in self.customers.items() if c)
+        ids = sorted(o for o in self.customers if self._has_customer(o))
         return [o for o in ids if after is None or o > after][:limit]
 
     def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
         """Customers of the billable organizations among ``organization_ids``."""
         self.queries += 1
-        return {o: self.customers[o] for o in organization_ids if self.customers.get(o)}
+        return {o: self.customers[o] for o in organization_ids if self._has_customer(o)}
 
     def organizations_of_customers(self, customers: Sequence[str]) -> dict[str, list[str]]:
         """The billable organizations of each customer, ascending."""
@@ -268,7 +283,24 @@ def load_usage_source(settings: Settings, database: peewee.Database) -> UsageSou
         raise ConfigurationError(
             "SENSORMETER_USAGE_SOURCE", f"cannot load {settings.usage_source!r}: {exc}"
         ) from None
-    source = factory(settings, database)
+    if not callable(factory):
+        raise ConfigurationError(
+            "SENSORMETER_USAGE_SOURCE",
+            f"{settings.usage_source!r} is a {type(factory).__name__}, not a factory to call",
+        )
+    try:
+        source = factory(settings, database)
+    except SensormeterError:
+        raise  # already one clear line (e.g. ServiceUnavailable from the host's own check)
+    except Exception as exc:  # noqa: BLE001 (any failure of the host's factory is named)
+        # The factory is the host's code: whatever it raises (os:getcwd, builtins:dict give a
+        # TypeError) must stop the process with one line naming the setting, and no secret.
+        lines = str(exc).strip().splitlines()
+        raise ConfigurationError(
+            "SENSORMETER_USAGE_SOURCE",
+            f"calling {settings.usage_source!r}(settings, database) failed: "
+            f"{type(exc).__name__}: {scrub(lines[0]) if lines else '(no message)'}",
+        ) from None
     if not isinstance(source, UsageSource):
         raise ConfigurationError(
             "SENSORMETER_USAGE_SOURCE",

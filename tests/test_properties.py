@@ -7,17 +7,17 @@ import string
 import peewee
 import redis
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sensormeter import enqueue_sensor_report
 from sensormeter.cli import main
 from sensormeter.errors import ConfigurationError, InvalidOrganizationId
 from sensormeter.jobs import make_queue
-from sensormeter.ledger import validate_organization_id
+from sensormeter.ledger import parse_hour, parse_hour_option, validate_organization_id
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.reporter import Reporter
-from sensormeter.settings import _VARIABLES, Settings
+from sensormeter.settings import _VARIABLES, ASCII_INTEGER, ASCII_NUMBER, Settings
 from sensormeter.usage import InMemoryUsageSource
 
 from .conftest import REDIS_URL, TEST_QUEUE
@@ -39,6 +39,58 @@ def test_organization_ids_are_accepted_or_refused_clearly(value: object) -> None
         assert validate_organization_id(value) == value
     except InvalidOrganizationId as exc:
         assert "invalid organization id" in str(exc)
+
+
+@example("acme\n")
+@given(ids)
+def test_accepted_organization_ids_are_plain_ascii(value: object) -> None:
+    """An accepted id is 1-64 printable ASCII characters with no blank anywhere."""
+    try:
+        validate_organization_id(value)
+    except InvalidOrganizationId:
+        return
+    assert isinstance(value, str) and value.isascii() and value.isprintable()
+    assert 1 <= len(value) <= 64 and not any(c.isspace() for c in value)
+
+
+NUMERIC = {"_integer": ASCII_INTEGER, "_number": ASCII_NUMBER}
+digits_anywhere = st.text(
+    alphabet=st.sampled_from("0123456789+-._eE \u0660\u0661\u06f1\uff10\uff11\u0967naif"),
+    max_size=8,
+)
+
+
+@given(
+    st.sampled_from(sorted(v for v, (_, parse) in _VARIABLES.items() if parse.__name__ in NUMERIC)),
+    st.one_of(digits_anywhere, st.text(max_size=8)),
+)
+def test_numeric_settings_take_ascii_digits_only(variable: str, value: str) -> None:
+    """A numeric setting accepted from the environment was written with ASCII 0-9 only."""
+    try:
+        Settings.from_env({variable: value})
+    except ConfigurationError as exc:
+        assert exc.variable == variable
+        return
+    parse = _VARIABLES[variable][1]
+    assert value.strip() == "" or NUMERIC[parse.__name__].fullmatch(value.strip())
+
+
+@example("\uff12\uff10\uff12\uff16-01-05T04")
+@given(
+    st.one_of(
+        digits_anywhere,
+        st.text(max_size=16),
+        st.from_regex(r"\d{4}-\d\d-\d\d(T\d\d)?", fullmatch=True),
+    )
+)
+def test_hours_take_ascii_digits_only(value: str) -> None:
+    """An hour or day accepted by the parsers is written with ASCII characters only."""
+    for parse in (parse_hour, parse_hour_option):
+        try:
+            parse(value)
+        except ValueError:
+            continue
+        assert value.strip().isascii()
 
 
 @settings(suppress_health_check=FIXTURES, max_examples=60, deadline=None)

@@ -24,7 +24,11 @@ _SECRET_PATTERNS = [
     (re.compile(r"\b(sk|rk|pk)_(live|test)_[A-Za-z0-9_]+"), r"\1_\2_***"),
     (re.compile(r"\bwhsec_[A-Za-z0-9_]+"), "whsec_***"),
     (
-        re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"),
+        # The look-behind starts a scheme only where a word starts: without it, a long run
+        # of letters (a blob in a traceback) costs quadratic time, tried from every letter.
+        re.compile(
+            r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"
+        ),
         r"\g<scheme>\g<user>:***@",
     ),
 ]

@@ -209,7 +209,7 @@ def process_meter_report(
         skipped=len(result.skipped),
         skipped_examples=examples(result.skipped),
         unsettled_examples=examples(unsettled),
-        error=result.errors[unsettled[0]] if unsettled else None,
+        error=result.errors.get(unsettled[0]) if unsettled else None,
         send_seconds=summary["send_seconds"],
         db_seconds=summary["db_seconds"],
         peak_rss_mb=summary["peak_rss_mb"],

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from .logs import scrub
+
 
 class SensormeterError(Exception):
-    """Base class of every error sensormeter raises on purpose."""
+    """Base class of every error sensormeter raises on purpose.
+
+    Its message is scrubbed of Stripe keys, webhook secrets and URL passwords: RQ stores the
+    message of a job's exception in Redis, and outside text (a Stripe error, a driver's
+    error) may quote a secret.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(SensormeterError):
@@ -13,7 +23,7 @@ class ConfigurationError(SensormeterError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
-        self.problem = problem
+        self.problem = scrub(problem)
 
 
 class InvalidOrganizationId(SensormeterError, ValueError):
@@ -30,8 +40,8 @@ class ServiceUnavailable(SensormeterError):
     def __init__(self, service: str, url: str, reason: str) -> None:
         super().__init__(f"cannot reach {service} at {url}: {reason}")
         self.service = service
-        self.url = url
-        self.reason = reason
+        self.url = scrub(url)
+        self.reason = scrub(reason)
 
 
 class RetryableReportError(SensormeterError):
@@ -43,7 +53,7 @@ class RetryableReportError(SensormeterError):
             + ", ".join(organization_ids[:10])
         )
         self.organization_ids = organization_ids
-        self.reason = reason
+        self.reason = scrub(reason)
 
 
 class ReportsFailed(SensormeterError):
@@ -55,7 +65,7 @@ class ReportsFailed(SensormeterError):
             + ", ".join(organization_ids[:10])
         )
         self.organization_ids = organization_ids
-        self.reason = reason
+        self.reason = scrub(reason)
 
 
 class WebhookError(SensormeterError):
@@ -77,7 +87,7 @@ class WebhookError(SensormeterError):
     ) -> None:
         where = f" (event {event_id})" if event_id else ""
         super().__init__(f"Stripe webhook not handled{where}: {problem}")
-        self.problem = problem
+        self.problem = scrub(problem)
         self.event_id = event_id
         self.retryable = retryable
         self.request_id = request_id

@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 
 from . import ledger
 from .errors import InvalidOrganizationId, SensormeterError, ServiceUnavailable
+from .logs import examples
 from .models import utcnow
 from .reporter import Reporter
 from .runtime import get_runtime, make_redis
@@ -150,7 +151,13 @@ def process_meter_report(
     try:
         runtime = get_runtime()
     except BaseException as exc:
-        log.error("job.failed", job_id=job_id, organizations=organization_ids, error=str(exc))
+        log.error(
+            "job.failed",
+            job_id=job_id,
+            organizations=len(organization_ids),
+            examples=examples(organization_ids),
+            error=str(exc),
+        )
         raise
     settings = runtime.settings
     orgs = _valid_ids(organization_ids, job_id, runtime.redis, settings.queue_name)
@@ -176,7 +183,8 @@ def process_meter_report(
         log.error(
             "job.failed",
             job_id=job_id,
-            organizations=orgs,
+            organizations=len(orgs),
+            examples=examples(orgs),
             hour=hour,
             error=str(exc),
             error_type=type(exc).__name__,
@@ -188,14 +196,21 @@ def process_meter_report(
     # ru_maxrss is in KiB on Linux: the peak of this process (the work-horse) so far.
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     log_method = log.info if outcome == "completed" else log.warning
+    # Counts and a few examples, not the chunk's lists: a line stays under 4,096 bytes
+    # (docs/operations.md, log lines); each organization has its own "report" line.
+    unsettled = result.retryable or result.failed
     log_method(
         f"job.{outcome}",
         job_id=job_id,
-        organizations=orgs,
+        organizations=len(orgs),
+        examples=examples(orgs),
         hour=hour,
-        values=result.values,
+        total_value=sum(result.values.values()),
         outcomes=summary["counts"],
-        skipped=result.skipped,
+        skipped=len(result.skipped),
+        skipped_examples=examples(result.skipped),
+        unsettled_examples=examples(unsettled),
+        error=result.errors.get(unsettled[0]) if unsettled else None,
         send_seconds=summary["send_seconds"],
         db_seconds=summary["db_seconds"],
         peak_rss_mb=summary["peak_rss_mb"],

@@ -11,12 +11,14 @@ from typing import Any
 import redis
 import structlog
 from rq import Queue
+from rq.job import Job
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import HerokuWorker, WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from .jobs import JSONJob, make_queue
+from .logs import scrub
 from .settings import Settings
 
 log = structlog.get_logger("sensormeter.worker")
@@ -45,6 +47,25 @@ class ReportingWorker(HerokuWorker):
             super().subscribe()  # type: ignore[no-untyped-call]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+    ) -> None:
+        """Record a failed attempt as rq does, with secrets scrubbed from the exception text.
+
+        A worker records every failure here: a job's exception with its traceback, a killed
+        work-horse, a job stuck in the intermediate queue. rq stores that text as is in the
+        failed job's data and in its result (``rq:results:<job>``), and sends it to the
+        job's webhooks. Exceptions from outside (Stripe, Redis, the database driver) may quote a key
+        or a URL with its password, so the text is scrubbed like a log line first.
+        """
+        super().handle_job_failure(
+            job, queue, started_job_registry=started_job_registry, exc_string=scrub(exc_string)
+        )
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None

@@ -392,8 +392,9 @@ class TestWorkerLogs:
         lines = json_lines(stderr)
         [chunk] = [line for line in lines if line["event"] == "job.completed"]
         assert chunk["job_id"].startswith("hourly-")
-        assert sorted(chunk["organizations"]) == sorted(BILLABLE)
-        assert chunk["values"] == {org: value for org, (_, value) in BILLABLE.items()}
+        assert chunk["organizations"] == len(BILLABLE)
+        assert sorted(chunk["examples"]) == sorted(BILLABLE)  # four: all are examples
+        assert chunk["total_value"] == sum(value for _, value in BILLABLE.values())
         reports = [line for line in lines if line["event"] == "report"]
         assert sorted(line["organization_id"] for line in reports) == sorted(BILLABLE)
         assert {(line["outcome"], line["status"]) for line in reports} == {("delivered", "sent")}

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from . import ledger
-from .errors import InvalidOrganizationId, ReportsFailed, RetryableReportError
+from .errors import ReportsFailed, RetryableReportError
 from .ledger import LedgerRow, NewReport
 from .meter import MeterClient, MeterEvent, SendResult, unexpected_error
 from .models import MeterReport, utcnow
@@ -76,15 +76,6 @@ def _count_problem(count: object) -> str | None:
     if count >= 10**15:
         return f"invalid count from the usage source: {count} is implausibly large"
     return None
-
-
-def _valid_id(organization_id: object) -> bool:
-    """True for an id that can be reported (a host source may hand back anything)."""
-    try:
-        ledger.validate_organization_id(organization_id)
-    except InvalidOrganizationId:
-        return False
-    return True
 
 
 class Reporter:
@@ -166,7 +157,9 @@ class Reporter:
         if lookup is not None:
             for customer, orgs in lookup(sorted(members)).items():
                 if customer in members:
-                    members[customer].update(o for o in orgs if _valid_id(o))
+                    members[customer].update(
+                        o for o in orgs if ledger.organization_id_problem(o) is None
+                    )
         return {customer: sorted(orgs) for customer, orgs in members.items()}
 
     def prepare(

@@ -7,6 +7,7 @@ its own ledger row (its part); the customer gets one event whose value is the su
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import peewee
@@ -122,7 +123,12 @@ class TestInMemory:
 
     def test_blank_customer_is_not_billable(self, database: peewee.Database) -> None:
         """A customer id of spaces from a host source is skipped with its reason, never sent."""
-        source = InMemoryUsageSource({"s": "   "}, {"s": 3})
+
+        class HostSource(InMemoryUsageSource):
+            def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
+                return {o: "   " for o in organization_ids}  # a host's unchecked column
+
+        source = HostSource({"s": "cus_s"}, {"s": 3})
         meter = InMemoryMeterClient()
         result = Reporter(source, meter, EVENT).run(database, ["s"], hour=HOUR)
         assert "blank Stripe customer id" in result.skipped["s"]

@@ -53,6 +53,8 @@ def test_one_malformed_host_id_costs_only_itself(
     fan_out_and_drain(settings, hour)
     assert_billed_exactly_once(emulator, customers, hour)
     assert all("\n" not in e.identifier for e in emulator.events())
+    status = run_cli(settings, "status")
+    assert "'org002\\n'" in status.stdout, status.stdout  # visible, not one log line only
 
 
 def test_a_proxy_error_page_in_latin1_heals_into_one_event_per_hour(

@@ -51,8 +51,10 @@ class Subscription(BaseModel):
         table_name = "subscriptions"
         indexes = (
             (("status", "organization"), False),
-            # The period-close check looks for periods ending in the next minutes.
+            # The period-close check looks for periods ending in the next minutes, and for
+            # renewed ones whose start is the end it looks for.
             (("current_period_end",), False),
+            (("current_period_start",), False),
         )
 
 

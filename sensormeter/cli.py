@@ -206,6 +206,25 @@ def status() -> None:
     )
     for row in problems:
         click.echo(f"  {row.status}: {row.organization_id} {row.identifier}: {row.last_error}")
+    # Closing reports Stripe received after it finalized the invoice (or never): by hand.
+    from .models import utcnow
+    from .period_close import late_closes
+
+    late = late_closes(MeterReport._meta.database, settings.invoice_grace_hours, utcnow())
+    click.echo(
+        f"period closes after the {settings.invoice_grace_hours} h invoice grace: {len(late)}"
+        + (" (correct these invoices in Stripe; see docs/operations.md)" if late else "")
+    )
+    for close in late[:20]:
+        when = (
+            f"sent {close.sent_at:%Y-%m-%d %H:%M:%S} UTC"
+            if close.sent_at
+            else f"not delivered ({close.status})"
+        )
+        click.echo(
+            f"  late close: {close.organization_id} period end {close.period_end} UTC "
+            f"value {close.value}: {when}"
+        )
 
 
 @main.command("failed")

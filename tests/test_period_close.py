@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from sensormeter import ledger
 from sensormeter import period_close as PC
 from sensormeter.emulator import StripeEmulator
+from sensormeter.errors import ConfigurationError
 from sensormeter.jobs import make_queue
 from sensormeter.models import MeterReport, Sensor, Subscription, utcnow
 from sensormeter.period_close import close_periods
 from sensormeter.runtime import Runtime
+from sensormeter.settings import Settings
 from sensormeter.usage import InMemoryUsageSource
 
-from .conftest import count_queries
+from .conftest import SENSORMETER, cli_env, count_queries
 from .factories import make_org
 from .test_jobs import work
 
@@ -254,3 +259,72 @@ def test_a_queued_close_outlives_the_look_back(runtime: Runtime) -> None:
     runtime.redis.delete(PC.checked_key(settings.queue_name))  # full look-back again
     assert close_periods()["jobs"] == 0
     assert make_queue(settings, runtime.redis).count == 1
+
+
+def close_row(org: str, end: datetime, status: str) -> None:
+    """A close report of ``end`` counted after it (stamped a second before), not delivered."""
+    MeterReport.create(
+        organization_id=org,
+        event_name="active_sensors",
+        value=4,
+        identifier=ledger.on_demand_identifier(org, "active_sensors", PC.close_request_id(end)),
+        kind=MeterReport.PERIOD_CLOSE,
+        stripe_customer_id=f"cus_{org}",
+        measured_at=end - timedelta(seconds=1),
+        status=status,
+    )
+
+
+def test_closes_past_the_invoice_grace_are_listed(
+    settings: Settings, runtime: Runtime, emulator: StripeEmulator
+) -> None:
+    """Closes delivered after end + grace, or undelivered past it, are listed, also by status."""
+    now = utcnow().replace(microsecond=0)
+    late_end = now - timedelta(hours=3)
+    make_org("late")
+    for _ in range(5):
+        Sensor.create(organization="late", created_at=late_end - timedelta(days=1))
+    reported("late", late_end - timedelta(hours=1))
+    set_period_end("late", late_end)
+    make_org("ontime", active=2)
+    set_period_end("ontime", now + timedelta(minutes=5))
+    assert close_periods()["organizations"] == 2
+    work(runtime)
+    assert len(emulator.events()) == 2
+    close_row("stuck", now - timedelta(hours=2), MeterReport.FAILED)
+    close_row("recent", now - timedelta(minutes=30), MeterReport.PENDING)  # grace not over
+    late = PC.late_closes(runtime.database, 1, utcnow())
+    assert [(c.organization_id, c.period_end, c.value, c.status) for c in late] == [
+        ("stuck", now - timedelta(hours=2), 4, MeterReport.FAILED),
+        ("late", late_end, 5, MeterReport.SENT),
+    ]
+    assert late[1].sent_at is not None and late[1].sent_at > late_end + timedelta(hours=1)
+    assert PC.late_closes(runtime.database, 72, utcnow()) == []
+    done = subprocess.run(
+        [*SENSORMETER, "status"], env=cli_env(settings), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("period closes after the 1 h invoice grace: 2 (") for line in lines)
+    listed = [line.split(": ", 1)[1] for line in lines if line.startswith("  late close: ")]
+    stuck_end = now - timedelta(hours=2)
+    assert listed[0] == f"stuck period end {stuck_end} UTC value 4: not delivered (failed)"
+    assert listed[1].startswith(f"late period end {late_end} UTC value 5: sent ")
+
+
+def test_the_period_end_is_found_from_a_digest_identifier() -> None:
+    """A long id's close identifier is a digest: the end is found by matching it."""
+    org, end = "o" * 64, datetime(2026, 11, 29, 5, 0, 0)
+    identifier = ledger.on_demand_identifier(org, "active_sensors", PC.close_request_id(end))
+    assert identifier.startswith("sm-")
+    for stamp in (end - timedelta(seconds=1), end - timedelta(minutes=7, seconds=3)):
+        assert PC.period_end_of(org, "active_sensors", identifier, stamp) == end
+
+
+def test_the_invoice_grace_setting() -> None:
+    """SENSORMETER_INVOICE_GRACE_HOURS: 1 by default, 0 to 72 whole hours, a bad value named."""
+    assert Settings().invoice_grace_hours == 1
+    assert Settings.from_env({"SENSORMETER_INVOICE_GRACE_HOURS": "72"}).invoice_grace_hours == 72
+    for bad in ("73", "-1", "1.5", "one"):
+        with pytest.raises(ConfigurationError, match="^SENSORMETER_INVOICE_GRACE_HOURS: "):
+            Settings.from_env({"SENSORMETER_INVOICE_GRACE_HOURS": bad})

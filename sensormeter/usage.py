@@ -113,15 +113,21 @@ class DatabaseUsageSource:
 
         A period ends at ``current_period_end``; once the host has recorded the renewal, the
         ended period's end is the new period's ``current_period_start``. One query, over the
-        index of each column.
+        index of each column; billability is checked on the few rows found (given the status
+        too, a database may scan every active subscription instead).
         """
         org = Subscription.organization_id  # type: ignore[attr-defined]
         start, end = Subscription.current_period_start, Subscription.current_period_end
-        query = Subscription.select(org, start, end).where(
-            self._billable()
-            & (((end > after) & (end <= until)) | ((start > after) & (start <= until)))
-        )
-        return _ends_in_window(tuples(query), after, until)
+        query = Subscription.select(
+            org, Subscription.status, Subscription.stripe_customer_id, start, end
+        ).where(((end > after) & (end <= until)) | ((start > after) & (start <= until)))
+        statuses = set(self.statuses)
+        rows = [
+            (org_id, *moments)
+            for org_id, status, customer, *moments in tuples(query)
+            if status in statuses and customer
+        ]
+        return _ends_in_window(rows, after, until)
 
     def explain_not_billable(self, organization_id: str) -> str:
         """Distinguish an unknown organization, a missing customer and a non-billable status."""

@@ -206,16 +206,21 @@ def status() -> None:
     )
     for row in problems:
         click.echo(f"  {row.status}: {row.organization_id} {row.identifier}: {row.last_error}")
-    # Closing reports Stripe received after it finalized the invoice (or never): by hand.
-    from .models import utcnow
+    _echo_late_closes(settings, limit=20)
+
+
+def _echo_late_closes(settings: Settings, limit: int) -> None:
+    """List closing reports Stripe got after it finalized the invoice, or not at all."""
+    from .models import MeterReport, utcnow
     from .period_close import late_closes
 
-    late = late_closes(MeterReport._meta.database, settings.invoice_grace_hours, utcnow())
+    grace = settings.invoice_grace_hours
+    late = late_closes(MeterReport._meta.database, grace, utcnow())
     click.echo(
-        f"period closes after the {settings.invoice_grace_hours} h invoice grace: {len(late)}"
+        f"period closes after the {grace} h invoice grace: {len(late)}"
         + (" (correct these invoices in Stripe; see docs/operations.md)" if late else "")
     )
-    for close in late[:20]:
+    for close in late[:limit]:
         when = (
             f"sent {close.sent_at:%Y-%m-%d %H:%M:%S} UTC"
             if close.sent_at

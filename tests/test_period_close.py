@@ -328,3 +328,19 @@ def test_the_invoice_grace_setting() -> None:
     for bad in ("73", "-1", "1.5", "one"):
         with pytest.raises(ConfigurationError, match="^SENSORMETER_INVOICE_GRACE_HOURS: "):
             Settings.from_env({"SENSORMETER_INVOICE_GRACE_HOURS": bad})
+
+
+def test_a_malformed_period_end_from_a_host_source_is_skipped(
+    runtime: Runtime, emulator: StripeEmulator
+) -> None:
+    """A host source's end that is no datetime is logged and skipped; the others are closed."""
+
+    class HostSource(InMemoryUsageSource):
+        def periods_ending(self, after: datetime, until: datetime) -> dict[str, Any]:
+            return {"acme": utcnow() + timedelta(minutes=4), "odd": "tomorrow"}
+
+    source = HostSource({"acme": "cus_acme", "odd": "cus_odd"}, {"acme": 7, "odd": 1})
+    object.__setattr__(runtime, "source", source)
+    assert close_periods() == {"organizations": 1, "jobs": 1}
+    work(runtime)
+    assert [(e.customer, e.value) for e in emulator.events()] == [("cus_acme", 7)]

@@ -266,6 +266,7 @@ def status() -> None:
         click.echo(f"  {row.status}: {row.organization_id} {row.identifier}: {row.last_error}")
     _echo_stale_pending(settings, limit=10)
     _echo_shared_customers(settings, database)
+    _echo_late_closes(settings, limit=20)
 
 
 def _echo_stale_pending(settings: Settings, limit: int) -> None:
@@ -307,6 +308,29 @@ def _echo_shared_customers(settings: Settings, database: peewee.Database) -> Non
             "warning: Stripe customer(s) with more than one billable subscription (their "
             "organizations are billed as one meter value; check in Stripe how the invoice "
             "splits it): " + ", ".join(f"{c} ({n})" for c, n in found.items())
+        )
+
+
+def _echo_late_closes(settings: Settings, limit: int) -> None:
+    """List closing reports Stripe got after it finalized the invoice, or not at all."""
+    from .models import MeterReport, utcnow
+    from .period_close import late_closes
+
+    grace = settings.invoice_grace_hours
+    late = late_closes(MeterReport._meta.database, grace, utcnow())
+    click.echo(
+        f"period closes after the {grace} h invoice grace: {len(late)}"
+        + (" (correct these invoices in Stripe; see docs/operations.md)" if late else "")
+    )
+    for close in late[:limit]:
+        when = (
+            f"sent {close.sent_at:%Y-%m-%d %H:%M:%S} UTC"
+            if close.sent_at
+            else f"not delivered ({close.status})"
+        )
+        click.echo(
+            f"  late close: {close.organization_id} period end {close.period_end} UTC "
+            f"value {close.value}: {when}"
         )
 
 

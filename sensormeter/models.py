@@ -52,10 +52,12 @@ class Subscription(BaseModel):
         table_name = "subscriptions"
         indexes = (
             (("status", "organization"), False),
-            # The period-close check looks for periods ending in the next minutes.
+            # The period-close check looks for periods ending in the next minutes, and for
+            # renewed ones whose start is the end it looks for.
             (("current_period_end",), False),
             # Each report job looks up the organizations of its chunk's customers.
             (("stripe_customer_id",), False),
+            (("current_period_start",), False),
         )
 
 

@@ -102,6 +102,7 @@ class Settings:
     https_proxy: str | None = None
     catchup_hours: int = 48
     period_close_minutes: int = 10
+    invoice_grace_hours: int = 1
     stripe_webhook_secret: str | None = None
 
     def __post_init__(self) -> None:
@@ -249,6 +250,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "HTTPS_PROXY": ("https_proxy", _text),
     "SENSORMETER_CATCHUP_HOURS": ("catchup_hours", _integer),
     "SENSORMETER_PERIOD_CLOSE_MINUTES": ("period_close_minutes", _integer),
+    "SENSORMETER_INVOICE_GRACE_HOURS": ("invoice_grace_hours", _integer),
     "STRIPE_WEBHOOK_SECRET": ("stripe_webhook_secret", _text),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
@@ -334,6 +336,12 @@ def _validate(s: Settings) -> None:
         proxy = s.https_proxy if "://" in s.https_proxy else "http://" + s.https_proxy
         if not split_url(proxy, "https_proxy").hostname:
             fail("https_proxy", "must be a proxy address, e.g. http://proxy.example.com:3128")
+    if not 0 <= s.invoice_grace_hours <= 72:
+        fail(
+            "invoice_grace_hours",
+            f"{s.invoice_grace_hours} is out of range (0 to 72, Stripe's invoice finalization "
+            "grace period in hours; Stripe's default is 1)",
+        )
     if s.stripe_webhook_secret is not None and not s.stripe_webhook_secret.startswith("whsec_"):
         fail("stripe_webhook_secret", "must be the endpoint's signing secret, whsec_...")
     if not 10 <= s.job_timeout_seconds <= 3600:

@@ -7,7 +7,7 @@ The default source reads sensormeter's own tables. A host with its own schema im
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -165,16 +165,26 @@ class DatabaseUsageSource:
         counts.update({org_id: int(n) for org_id, n in tuples(query)})
         return counts
 
-    def periods_ending(self, after: datetime, until: datetime) -> dict[str, datetime]:
-        """Billable organizations whose ``current_period_end`` is in (after, until], naive UTC."""
+    def periods_ending(self, after: datetime, until: datetime) -> dict[str, list[datetime]]:
+        """Billable organizations with period ends in (after, until], naive UTC, ascending.
+
+        A period ends at ``current_period_end``; once the host has recorded the renewal, the
+        ended period's end is the new period's ``current_period_start``. One query, over the
+        index of each column; billability is checked on the few rows found (given the status
+        too, a database may scan every active subscription instead).
+        """
         org = Subscription.organization_id  # type: ignore[attr-defined]
-        end = Subscription.current_period_end
-        query = (
-            Subscription.select(org, end)
-            .where(self._billable() & (end > after) & (end <= until))
-            .order_by(org, Subscription.id)
-        )
-        return {org_id: _naive(ends) for org_id, ends in tuples(query)}
+        start, end = Subscription.current_period_start, Subscription.current_period_end
+        query = Subscription.select(
+            org, Subscription.status, Subscription.stripe_customer_id, start, end
+        ).where(((end > after) & (end <= until)) | ((start > after) & (start <= until)))
+        statuses = set(self.statuses)
+        rows = [
+            (org_id, *moments)
+            for org_id, status, customer, *moments in tuples(query)
+            if status in statuses and customer
+        ]
+        return _ends_in_window(rows, after, until)
 
     def explain_not_billable(self, organization_id: str) -> str:
         """Distinguish an unknown organization, a missing customer and a non-billable status."""
@@ -199,6 +209,18 @@ def _naive(value: Any) -> datetime:
     return moment.replace(tzinfo=None)
 
 
+def _ends_in_window(
+    rows: Iterable[Sequence[Any]], after: datetime, until: datetime
+) -> dict[str, list[datetime]]:
+    """Each organization's moments (from rows of organization, moment, ...) in the window."""
+    found: dict[str, set[datetime]] = {}
+    for org_id, *moments in rows:
+        for moment in moments:
+            if moment is not None and after < _naive(moment) <= until:
+                found.setdefault(org_id, set()).add(_naive(moment))
+    return {org_id: sorted(ends) for org_id, ends in found.items()}
+
+
 class InMemoryUsageSource:
     """A twin of :class:`DatabaseUsageSource` over plain dicts, for fast tests and examples."""
 
@@ -207,20 +229,23 @@ class InMemoryUsageSource:
         customers: Mapping[str, str],
         counts: Mapping[str, int] | None = None,
         period_ends: Mapping[str, datetime] | None = None,
+        period_starts: Mapping[str, datetime] | None = None,
     ) -> None:
         self.customers = dict(customers)
         self.counts = dict(counts or {})
         self.period_ends = dict(period_ends or {})
+        self.period_starts = dict(period_starts or {})
         self.queries = 0
 
-    def periods_ending(self, after: datetime, until: datetime) -> dict[str, datetime]:
-        """Billable organizations whose period ends in (after, until]."""
+    def periods_ending(self, after: datetime, until: datetime) -> dict[str, list[datetime]]:
+        """Billable organizations with period ends (or renewals' starts) in (after, until]."""
         self.queries += 1
-        return {
-            o: end
-            for o, end in self.period_ends.items()
-            if self.customers.get(o) and after < end <= until
-        }
+        rows = [
+            (o, self.period_starts.get(o), self.period_ends.get(o))
+            for o in sorted(set(self.period_ends) | set(self.period_starts))
+            if self.customers.get(o)
+        ]
+        return _ends_in_window(rows, after, until)
 
     def _has_customer(self, organization_id: str) -> bool:
         # As the database source: a customer id that is blank after trimming is none.

@@ -238,6 +238,39 @@ def assert_billed_exactly_once(
     assert MeterReport.select().where(MeterReport.status == "pending").count() == 0
 
 
+def assert_period_closed(
+    emulator: StripeEmulator,
+    customers: dict[str, str],
+    period_ends: dict[str, datetime],
+    counts: dict[str, int],
+    event_name: str = "active_sensors",
+) -> None:
+    """The period-close invariant, for each organization's period end (naive UTC).
+
+    - the last event at or before the end (all of them, if several share its timestamp)
+      carries the count at the end, and is stamped inside the period (before the end);
+    - exactly one close report of that end reached Stripe, for the organization's customer;
+    - its ledger row is a `period_close` row, `sent`.
+    """
+    from sensormeter.ledger import on_demand_identifier
+    from sensormeter.period_close import close_request_id
+
+    events = emulator.events()
+    for org, end in period_ends.items():
+        end_ts = end.replace(tzinfo=UTC).timestamp()
+        mine = [e for e in events if e.customer == customers[org] and e.timestamp <= end_ts]
+        assert mine, f"{org}: no event at or before its period end {end}"
+        last = max(e.timestamp for e in mine)
+        assert last < end_ts, f"{org}: the last event of the period is stamped at its end"
+        values = {e.value for e in mine if e.timestamp == last}
+        assert values == {counts[org]}, f"{org}: last value {values} at {end}, not {counts[org]}"
+        identifier = on_demand_identifier(org, event_name, close_request_id(end))
+        closes = [e for e in events if e.identifier == identifier]
+        assert [e.customer for e in closes] == [customers[org]], f"{org}: close report {closes}"
+        row = MeterReport.get(MeterReport.identifier == identifier)
+        assert (row.kind, row.status) == (MeterReport.PERIOD_CLOSE, MeterReport.SENT)
+
+
 @pytest.fixture
 def fault_db(fault_settings: Settings) -> Iterator[object]:
     """The fault run's database, with fresh tables, opened in the test process too."""

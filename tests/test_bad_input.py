@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from sensormeter.runtime import Runtime, make_redis
 from sensormeter.settings import Settings, redact_url
 from sensormeter.usage import load_usage_source
 
-from .conftest import REDIS_URL, SENSORMETER, cli_env
+from .conftest import REDIS_URL, cli_env
+from .test_cli import one_error_line, sensormeter
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -48,20 +48,6 @@ NUMBER_VARIABLES = [
 NOT_ASCII_DIGITS = ["1_0", "\u0661\u0660", "\uff11\uff10", "\u0967\u0966"]
 
 
-def sensormeter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``sensormeter ARGS`` with exactly ``env``."""
-    return subprocess.run(
-        [*SENSORMETER, *args], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    """The process failed with a single stderr line and no traceback; return it."""
-    assert done.returncode != 0, done.stdout
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    return lines[0]
 
 
 class TestMalformedUrls:

@@ -222,7 +222,7 @@ class AdaptiveRateLimiter:
             self._decrease(now)
         except Exception as exc:  # noqa: BLE001 (the event's 429 stays its outcome; logged)
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("ratelimit.unavailable", key=self.name, error=error)
+            log.warning("ratelimit.unavailable", limit=self.name, error=error)
 
     def _sync(self, now: float) -> None:
         """Send the pending count, read the state, take a recovery step if one is due."""
@@ -253,7 +253,7 @@ class AdaptiveRateLimiter:
             return state
         after, changed = self.store.update(step)
         if changed and after.rate is None and state.rate is not None:
-            log.info("ratelimit.restored", key=self.name, rate=self.ceiling, ceiling=self.ceiling)
+            log.info("ratelimit.restored", limit=self.name, rate=self.ceiling, ceiling=self.ceiling)
         return after
 
     def _decrease(self, now: float) -> None:
@@ -279,7 +279,7 @@ class AdaptiveRateLimiter:
             self._state, self._synced_at = after, end
         log.warning(
             "ratelimit.decreased",
-            key=self.name,
+            limit=self.name,
             rate=round(rate, 1),
             previous=None if previous is None else round(previous, 1),
             accepted_rate=round(accepted, 1),

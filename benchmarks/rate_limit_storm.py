@@ -35,7 +35,7 @@ from sensormeter.models import MeterReport, open_database  # noqa: E402
 from sensormeter.settings import Settings  # noqa: E402
 
 
-def env_for(settings: Settings) -> dict[str, str]:
+def env_for(settings: Settings, client_rate_limit: float | None) -> dict[str, str]:
     """The workers' environment: the settings' addresses, every tuning variable at its default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SENSORMETER_", "STRIPE_"))}
     env.update(
@@ -48,6 +48,8 @@ def env_for(settings: Settings) -> dict[str, str]:
             "SENSORMETER_TRANSPORT": settings.transport,
         }
     )
+    if client_rate_limit is not None:
+        env["SENSORMETER_RATE_LIMIT"] = str(client_rate_limit)
     return env
 
 
@@ -71,6 +73,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="emulator seconds/request")
     parser.add_argument("--workers", type=int, default=5)
     parser.add_argument("--transport", choices=["v1", "v2"], default="v1")
+    parser.add_argument(
+        "--client-rate-limit", type=float, help="SENSORMETER_RATE_LIMIT (default: unset)"
+    )
     parser.add_argument("--database", default="sqlite:////tmp/sensormeter-storm.db")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     args = parser.parse_args()
@@ -79,8 +84,16 @@ def main() -> None:
     connection.flushdb()
     port = free_port()
     emulator = subprocess.Popen(
-        [*CLI, "stripe-emulator", "--port", str(port), "--rate-limit", str(args.rate_limit),
-         "--latency", str(args.latency)],
+        [
+            *CLI,
+            "stripe-emulator",
+            "--port",
+            str(port),
+            "--rate-limit",
+            str(args.rate_limit),
+            "--latency",
+            str(args.latency),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -95,7 +108,12 @@ def main() -> None:
         queue_name="sensormeter-storm",
         transport=args.transport,
     )
-    report: dict[str, Any] = {"orgs": args.orgs, "emulator_rate_limit": args.rate_limit}
+    report: dict[str, Any] = {
+        "orgs": args.orgs,
+        "transport": args.transport,
+        "emulator_rate_limit": args.rate_limit,
+        "client_rate_limit": args.client_rate_limit,
+    }
     try:
         report["seed_seconds"] = round(seed(args.database, args.orgs), 1)
         with tempfile.NamedTemporaryFile(suffix=".log", delete=False) as log:
@@ -105,7 +123,7 @@ def main() -> None:
         with log_path.open("w") as log_file:
             subprocess.run(
                 [*CLI, "worker", "-n", str(args.workers), "--burst"],
-                env=env_for(settings),
+                env=env_for(settings, args.client_rate_limit),
                 check=True,
                 stdout=log_file,
                 stderr=log_file,
@@ -123,9 +141,13 @@ def main() -> None:
             ideal_seconds=round(ideal, 1),
             ratio_to_ideal=round(seconds / ideal, 2),
             emulator_events=stats["events"],
-            # Every meter-event request the emulator did not record was a 429 here (the ledger
-            # shows no rejection; a duplicate would be recorded in the row as sent).
-            emulator_429s=stats["request_count"] - stats["events"],
+            emulator_requests=stats["request_count"],
+            # v1: every request the emulator did not record was a 429 (the ledger shows no
+            # rejection, and no timeout happened to cause a duplicate). v2 counts requests of
+            # up to 100 events and session creations, so this figure is for v1 only.
+            emulator_429s=(
+                stats["request_count"] - stats["events"] if args.transport == "v1" else None
+            ),
             limiter_decreases=events["ratelimit.decreased"],
             limiter_restored=events["ratelimit.restored"],
             jobs_retrying=events["job.retrying"],

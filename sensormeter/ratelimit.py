@@ -46,6 +46,7 @@ REFRESH_SECONDS = 0.1  # how long a process trusts its copy of the shared state
 # refresh) has reached Redis before the accepted rate is read.
 SETTLE_SECONDS = REFRESH_SECONDS + 0.05
 BURST_SECONDS = 0.1  # GCRA burst tolerance
+MAX_SLEEP = 0.5  # seconds a waiting event sleeps before it looks at the shared rate again
 THROTTLE_RETRIES = 3  # tries of a 429'd event inside the same job, after the first
 THROTTLE_PAUSE = 0.2  # seconds before the first such try (doubling, jittered to 50-100%)
 _STATE_TTL = 600  # seconds: the state hash outlives RELEASE_AFTER, then Redis forgets it
@@ -114,15 +115,20 @@ class NoRateLimit:
 
 
 def decreased_rate(in_force: float | None, accepted: float, ceiling: float | None) -> float:
-    """The rate after a 429: DECREASE_FACTOR x the accepted rate, never above the rate in force."""
-    base = accepted if in_force is None else min(in_force, accepted)
+    """The rate after a 429: DECREASE_FACTOR x the accepted rate, below the rate in force.
+
+    One decrease at most halves a rate in force: with few events in the window (the last
+    batches of a run, v2's batches of 100) the accepted rate says little.
+    """
     floor = MIN_RATE if ceiling is None else min(MIN_RATE, ceiling)
-    return max(floor, DECREASE_FACTOR * base)
+    if in_force is None:
+        return max(floor, DECREASE_FACTOR * accepted)
+    return max(floor, DECREASE_FACTOR * min(in_force, accepted), in_force / 2)
 
 
-def grown_rate(rate: float, ceiling: float | None) -> float | None:
-    """One recovery step; None once the ceiling is reached (the ceiling alone applies)."""
-    grown = rate * GROWTH_FACTOR
+def grown_rate(rate: float, ceiling: float | None, steps: int = 1) -> float | None:
+    """``steps`` recovery steps; None once the ceiling is reached (the ceiling alone applies)."""
+    grown = rate * GROWTH_FACTOR**steps
     return None if ceiling is not None and grown >= ceiling else grown
 
 
@@ -205,6 +211,8 @@ class AdaptiveRateLimiter:
             wait = self.store.admit(rate, count)
             if wait <= 0:
                 return
+            # Not booked yet: wake up at least every MAX_SLEEP to see a rate that has grown.
+            wait = min(wait, MAX_SLEEP)
             self.waited += wait
             self._sleep(wait)
 
@@ -245,9 +253,12 @@ class AdaptiveRateLimiter:
             if now - current.cut_at >= RELEASE_AFTER:
                 return Snapshot()
             last = max(current.cut_at, current.grown_at or current.cut_at)
-            if current.rate is None or now - last < GROW_EVERY:
+            # Every step due since the last one, even if nobody looked meanwhile (all asleep).
+            steps = int((now - last) // GROW_EVERY)
+            if current.rate is None or steps < 1:
                 return None
-            return replace(current, rate=grown_rate(current.rate, self.ceiling), grown_at=now)
+            rate = grown_rate(current.rate, self.ceiling, steps)
+            return replace(current, rate=rate, grown_at=last + steps * GROW_EVERY)
 
         if step(state) is None:
             return state

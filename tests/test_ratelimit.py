@@ -85,6 +85,7 @@ class TestArithmetic:
         assert decreased_rate(None, 100.0, None) == pytest.approx(DECREASE_FACTOR * 100)
         assert decreased_rate(50.0, 100.0, None) == pytest.approx(DECREASE_FACTOR * 50)
         assert decreased_rate(None, 0.0, None) == MIN_RATE
+        assert decreased_rate(100.0, 10.0, None) == 50.0  # one decrease at most halves
         assert decreased_rate(2.0, 0.0, 2.0) == 2.0  # a ceiling below the floor wins
 
     def test_recovery_is_multiplicative_up_to_the_ceiling(self) -> None:
@@ -157,7 +158,7 @@ class TestAdaptiveLimiter:
         """Without 429s the rate grows step by step; reaching the ceiling, the ceiling applies."""
         clock = FakeClock()
         store = MemoryLimiterStore(clock)
-        limiter = limiter_on(store, clock, ceiling=100.0)
+        limiter = limiter_on(store, clock, ceiling=60.0)
         deliver(limiter, clock, rate=50, seconds=2.0)
         limiter.throttled()
         low = limiter.rate
@@ -169,7 +170,20 @@ class TestAdaptiveLimiter:
             rates.append(limiter.rate)
         assert rates[0] == pytest.approx(low * GROWTH_FACTOR)
         assert rates[1] == pytest.approx(low * GROWTH_FACTOR**2)
-        assert rates[-1] == 100.0 and store.state.rate is None
+        assert rates[-1] == 60.0 and store.state.rate is None
+
+    def test_recovery_steps_are_not_lost_while_every_worker_waits(self) -> None:
+        """Steps due while nobody looked are all taken at the next look."""
+        clock = FakeClock()
+        store = MemoryLimiterStore(clock)
+        limiter = limiter_on(store, clock)
+        deliver(limiter, clock, rate=50, seconds=2.0)
+        limiter.throttled()
+        low = limiter.rate
+        assert low is not None
+        clock.advance(5 * GROW_EVERY + GROW_EVERY / 2)
+        limiter.acquire()
+        assert limiter.rate == pytest.approx(low * GROWTH_FACTOR**5)
 
     def test_returns_to_no_limit_after_a_quiet_while(self) -> None:
         """Without a configured limit, no 429 for RELEASE_AFTER seconds means no limit again."""

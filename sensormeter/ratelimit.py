@@ -11,7 +11,8 @@ fits the key; there may be none) and an adaptive rate that Stripe's 429s set. Th
   reaching the ceiling, it is dropped and the ceiling alone applies;
 - is **released** ``RELEASE_AFTER`` after the last decrease: back to the ceiling, or no limit.
 
-Under a steady ceiling it saws between about 90% and a little over 100% of what Stripe allows.
+Under a steady Stripe limit the rate in force saws between about 90% and 105-120% of it, and
+what Stripe accepts stays close to its limit (docs/performance.md, "A 429 storm").
 The shared state is cached in each process for ``REFRESH_SECONDS``, so while no limit is in
 force an event costs no Redis round trip. When a rate is in force, each acquire is one Lua
 call (a GCRA: a theoretical arrival time moved forward by ``n / rate`` per booking).

@@ -51,7 +51,7 @@ def test_rounds_never_hold_a_customer_twice() -> None:
 def test_chunk_mixing_delivered_rejected_and_retried(
     runtime: Runtime, emulator: StripeEmulator, transport: str
 ) -> None:
-    """In one concurrent chunk: a 400 is rejected, a 429 retried and sent, the rest sent."""
+    """In one concurrent chunk: a 400 is rejected, a 429 tried again in the job, the rest sent."""
     settings = runtime.settings.with_overrides(transport=transport, max_in_flight=4)
     rt = Runtime.build(settings)
     set_runtime(rt)
@@ -63,12 +63,14 @@ def test_chunk_mixing_delivered_rejected_and_retried(
     work(rt)
     statuses = Counter(r.status for r in MeterReport.select())
     if transport == "v1":
-        # Each event is its own request: exactly one rejected, the 429 one retried and sent.
+        # Each event is its own request: exactly one rejected; the 429'd one is tried again
+        # inside the same job attempt (one more request) and sent.
         assert statuses == {"sent": 11, "rejected": 1}
         rejected = MeterReport.get(MeterReport.status == "rejected")
         assert rejected.last_error == "No such customer"
         assert rejected.stripe_request_id.startswith("req_")
-        assert max(r.attempts for r in MeterReport.select()) == 2
+        assert max(r.attempts for r in MeterReport.select()) == 1
+        assert emulator.request_count() == 13
     else:
         # One batch per request: the 400 rejects the whole first batch of 12 events.
         assert statuses == {"rejected": 12}

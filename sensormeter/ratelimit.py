@@ -15,7 +15,9 @@ Under a steady Stripe limit the rate in force saws between about 90% and 105-120
 what Stripe accepts stays close to its limit (docs/performance.md, "A 429 storm").
 The shared state is cached in each process for ``REFRESH_SECONDS``, so while no limit is in
 force an event costs no Redis round trip. When a rate is in force, each acquire is one Lua
-call (a GCRA: a theoretical arrival time moved forward by ``n / rate`` per booking).
+call (a GCRA: a theoretical arrival time moved forward by ``n / rate`` per booking), timed by
+Redis's clock; the adaptive state is stamped with the workers' wall clocks (NTP-synchronized
+hosts agree to well within its 0.1-second buckets).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import resource
 import time
 import uuid
@@ -51,13 +52,22 @@ def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
     )
 
 
-def make_retry(settings: Settings) -> Retry | None:
-    """RQ retry policy: ``max_retries`` attempts more, with exponential backoff."""
+def make_retry(settings: Settings, rng: random.Random | None = None) -> Retry | None:
+    """RQ retry policy: ``max_retries`` attempts more, exponential backoff with "equal jitter".
+
+    Each job gets its own waits: wait i is drawn uniformly between half and all of the
+    exponential value ``B * 2**i``, then rounded up to whole seconds (RQ schedules retries by
+    the second). Jobs that failed together (a 429 storm) so come back spread out instead of
+    all at the same moment, and no wait exceeds the plain backoff, which recovery.stale_after
+    and the docs count on. A backoff of 0 stays 0 (retry at once).
+    """
     if settings.max_retries == 0:
         return None
+    # The random module's own generator is reseeded in every forked work-horse.
+    uniform = rng.uniform if rng is not None else random.uniform
     return Retry(
         max=settings.max_retries,
-        interval=[math.ceil(s) for s in settings.retry_intervals()],
+        interval=[math.ceil(uniform(s / 2, s)) for s in settings.retry_intervals()],
     )
 
 

@@ -66,8 +66,14 @@ class MeterClient(Protocol):
         ...
 
 
-def classify_error(exc: stripe.StripeError) -> SendResult:
-    """Turn a stripe-python exception into a SendResult (the one place errors are judged)."""
+def classify_error(exc: Exception) -> SendResult:
+    """Turn an exception from sending into a SendResult (the one place errors are judged).
+
+    Anything but a stripe-python error (a header http.client refuses, a bug, Redis failing
+    under the rate limit) is retryable, with its type and message as the reason.
+    """
+    if not isinstance(exc, stripe.StripeError):
+        return SendResult(Outcome.RETRYABLE, f"{type(exc).__name__}: {exc}")
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     status = getattr(exc, "http_status", None)
     request_id = getattr(exc, "request_id", None)

@@ -163,11 +163,12 @@ class Settings:
         return "live" if self.stripe_api_key and "_live_" in self.stripe_api_key else "test"
 
     def effective_rate_limit(self) -> float | None:
-        """Meter events per second for the shared client-side limit; None means no limit.
+        """The ceiling of the shared client-side limit in events/s; None means no ceiling.
 
         Unset, it fits the key: 90% of Stripe's ceiling (live: 1,000/s on v1, 10,000/s taken
-        as events on the v2 stream; test mode: 25 operations/s), and no limit when
-        STRIPE_API_BASE points elsewhere than Stripe (the emulator sets its own).
+        as events on the v2 stream; test mode: 25 operations/s), and none when
+        STRIPE_API_BASE points elsewhere than Stripe (the emulator sets its own). Below the
+        ceiling, or without one, the limit adapts to Stripe's 429s (sensormeter.ratelimit).
         """
         if self.rate_limit is not None:
             return self.rate_limit or None

@@ -20,6 +20,7 @@ from sensormeter.emulator import StripeEmulator
 from sensormeter.errors import InvalidOrganizationId
 from sensormeter.jobs import JSONJob, make_queue
 from sensormeter.models import MeterReport, Sensor
+from sensormeter.ratelimit import THROTTLE_RETRIES
 from sensormeter.runtime import Runtime
 from sensormeter.schedule import hourly_job_id, make_scheduler, scheduled_run_time
 
@@ -138,9 +139,9 @@ class TestFanOut:
     def test_transient_errors_are_retried_by_rq(
         self, runtime: Runtime, emulator: StripeEmulator
     ) -> None:
-        """A 429 then a 503 are retried by RQ (same identifier) until the event lands."""
+        """429s past the in-job tries, then a 503, are retried by RQ (same identifier)."""
         make_org("a", active=4)
-        emulator.inject(429, times=1)
+        emulator.inject(429, times=THROTTLE_RETRIES + 1)
         emulator.inject(503, times=1)
         report_all_sensor_counts()
         work(runtime)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from ..meter import MeterClient
-from ..ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
+from ..ratelimit import AdaptiveRateLimiter, LimiterKeys, RateLimiter, RedisLimiterStore
 from ..settings import Settings
 from .memory import InMemoryMeterClient
 from .v1 import StripeMeterClient
@@ -13,12 +13,15 @@ from .v2 import StripeStreamClient
 
 
 def make_rate_limiter(settings: Settings, connection: redis.Redis) -> RateLimiter:
-    """The shared limit for the settings' key, or none (emulator, or a limit set to 0)."""
-    rate = settings.effective_rate_limit()
-    if not rate:
-        return NoRateLimit()
-    key = f"sensormeter:ratelimit:{settings.stripe_mode}:{settings.transport}"
-    return RedisRateLimiter(connection, rate, key)
+    """The shared limit of the settings' Stripe mode and transport, adapting to 429s.
+
+    The configured limit (or the one that fits the key) is its ceiling; with none (the
+    emulator, or SENSORMETER_RATE_LIMIT=0), nothing is limited until Stripe answers a 429.
+    """
+    keys = LimiterKeys(f"{settings.stripe_mode}:{settings.transport}")
+    return AdaptiveRateLimiter(
+        RedisLimiterStore(connection, keys), settings.effective_rate_limit(), name=keys.scope
+    )
 
 
 def make_meter_client(settings: Settings, connection: redis.Redis) -> MeterClient:

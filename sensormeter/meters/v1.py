@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import stripe
-
 from ..meter import (
     MeterEvent,
     Outcome,
@@ -15,7 +13,7 @@ from ..meter import (
     make_stripe_client,
     rounds_by_customer,
 )
-from ..ratelimit import NoRateLimit, RateLimiter
+from ..ratelimit import NoRateLimit, RateLimiter, send_limited
 from ..settings import Settings
 
 
@@ -29,9 +27,8 @@ class StripeMeterClient:
         self.max_in_flight = settings.max_in_flight
         self.limiter = limiter or NoRateLimit()
 
-    def send(self, event: MeterEvent) -> SendResult:
-        """Send one event with its identifier and timestamp; classify any failure."""
-        self.limiter.acquire(1)
+    def _attempt(self, event: MeterEvent) -> SendResult:
+        """One POST; whatever goes wrong (not only a StripeError) becomes the event's outcome."""
         try:
             created = self.client.v1.billing.meter_events.create(
                 params={
@@ -47,20 +44,33 @@ class StripeMeterClient:
                 # asynchronous error reports quote, it names the ledger row.
                 options={"idempotency_key": event.identifier},
             )
-        except stripe.StripeError as exc:
+            response = getattr(created, "last_response", None)
+            request_id = getattr(response, "request_id", None)
+        except Exception as exc:  # noqa: BLE001 (one event's failure must not sink the chunk)
             return classify_error(exc)
-        response = getattr(created, "last_response", None)
-        return SendResult(Outcome.DELIVERED, request_id=getattr(response, "request_id", None))
+        return SendResult(Outcome.DELIVERED, request_id=request_id)
+
+    def send(self, event: MeterEvent) -> SendResult:
+        """Send one event within the shared limit (a 429 is retried a few times); never raises."""
+        return send_limited(self.limiter, 1, lambda: [self._attempt(event)])[0]
 
     def send_many(self, events: Sequence[MeterEvent]) -> list[SendResult]:
-        """Send with up to ``max_in_flight`` calls at once, never two for one customer."""
-        results: list[SendResult | None] = [None] * len(events)
+        """Send with up to ``max_in_flight`` calls at once, never two for one customer.
+
+        Never raises: an event whose sending failed in any way gets a retryable outcome.
+        """
         if self.max_in_flight <= 1 or len(events) <= 1:
             return [self.send(e) for e in events]
+        results: list[SendResult] = [_NOT_SENT] * len(events)
         with ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="meter-v1") as pool:
             for positions in rounds_by_customer(events):
-                for position, result in zip(
-                    positions, pool.map(self.send, [events[p] for p in positions]), strict=True
-                ):
-                    results[position] = result
-        return [r for r in results if r is not None]
+                futures = [(p, pool.submit(self.send, events[p])) for p in positions]
+                for position, future in futures:
+                    try:
+                        results[position] = future.result()
+                    except Exception as exc:  # noqa: BLE001 (send contains errors; belt and braces)
+                        results[position] = classify_error(exc)
+        return results
+
+
+_NOT_SENT = SendResult(Outcome.RETRYABLE, "not sent")

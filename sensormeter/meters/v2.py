@@ -24,7 +24,7 @@ from ..meter import (
     make_stripe_client,
     rounds_by_customer,
 )
-from ..ratelimit import NoRateLimit, RateLimiter
+from ..ratelimit import NoRateLimit, RateLimiter, send_limited
 from ..settings import Settings
 
 BATCH_SIZE = 100  # Stripe's maximum events per stream request
@@ -74,39 +74,57 @@ class StripeStreamClient:
             "payload": {self.customer_key: event.customer, self.value_key: str(event.value)},
         }
 
-    def _post(self, batch: Sequence[MeterEvent]) -> list[SendResult]:
-        """Send one batch; a session that expired meanwhile is renewed and the batch resent."""
-        self.limiter.acquire(len(batch))
-        params: Any = {"events": [self._body(e) for e in batch]}
-        stale: str | None = None
-        for _ in range(2):
-            try:
+    def _attempt(self, batch: Sequence[MeterEvent]) -> list[SendResult]:
+        """One stream request; a session that expired meanwhile is renewed and the batch resent.
+
+        Whatever goes wrong (not only a StripeError) becomes the outcome of the batch's events.
+        """
+        try:
+            params: Any = {"events": [self._body(e) for e in batch]}
+            stale: str | None = None
+            for _ in range(2):
                 token = self._session_token(stale)
-                self.client.v2.billing.meter_event_stream.create(
-                    params=params, options={"api_key": token}
-                )
-                return [SendResult(Outcome.DELIVERED)] * len(batch)
-            except stripe.TemporarySessionExpiredError:
-                stale = token
-            except stripe.StripeError as exc:
-                return [classify_error(exc)] * len(batch)
+                try:
+                    self.client.v2.billing.meter_event_stream.create(
+                        params=params, options={"api_key": token}
+                    )
+                    return [SendResult(Outcome.DELIVERED)] * len(batch)
+                except stripe.TemporarySessionExpiredError:
+                    stale = token
+        except Exception as exc:  # noqa: BLE001 (one batch's failure must not sink the chunk)
+            return [classify_error(exc)] * len(batch)
         expired = SendResult(Outcome.RETRYABLE, "TemporarySessionExpiredError: renewed twice")
         return [expired] * len(batch)
+
+    def _post(self, batch: Sequence[MeterEvent]) -> list[SendResult]:
+        """Send one batch within the shared limit (a 429 is retried a few times); never raises."""
+        return send_limited(self.limiter, len(batch), lambda: self._attempt(batch))
 
     def send(self, event: MeterEvent) -> SendResult:
         """Send one event as a batch of one."""
         return self._post([event])[0]
 
     def send_many(self, events: Sequence[MeterEvent]) -> list[SendResult]:
-        """Batches of 100, several in flight; a customer appears once per round of batches."""
-        results: list[SendResult | None] = [None] * len(events)
+        """Batches of 100, several in flight; a customer appears once per round of batches.
+
+        Never raises: the events of a batch whose sending failed in any way get a retryable
+        outcome.
+        """
+        results: list[SendResult] = [_NOT_SENT] * len(events)
         with ThreadPoolExecutor(max(1, self.max_in_flight), thread_name_prefix="meter-v2") as pool:
             for positions in rounds_by_customer(events):
                 batches = [
                     positions[i : i + BATCH_SIZE] for i in range(0, len(positions), BATCH_SIZE)
                 ]
-                answers = pool.map(self._post, [[events[p] for p in b] for b in batches])
-                for batch, answer in zip(batches, answers, strict=True):
+                futures = [(b, pool.submit(self._post, [events[p] for p in b])) for b in batches]
+                for batch, future in futures:
+                    try:
+                        answer = future.result()
+                    except Exception as exc:  # noqa: BLE001 (_post contains errors; belt and braces)
+                        answer = [classify_error(exc)] * len(batch)
                     for position, result in zip(batch, answer, strict=True):
                         results[position] = result
-        return [r for r in results if r is not None]
+        return results
+
+
+_NOT_SENT = SendResult(Outcome.RETRYABLE, "not sent")

@@ -73,7 +73,10 @@ def classify_error(exc: Exception) -> SendResult:
     under the rate limit) is retryable, with its type and message as the reason.
     """
     if not isinstance(exc, stripe.StripeError):
-        return SendResult(Outcome.RETRYABLE, f"{type(exc).__name__}: {exc}")
+        # A bug, a malformed value or an odd answer costs only that event: retryable, so it
+        # ends visibly failed if it never goes through.
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return SendResult(Outcome.RETRYABLE, f"{type(exc).__name__}: {text}".rstrip(": "))
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     status = getattr(exc, "http_status", None)
     request_id = getattr(exc, "request_id", None)
@@ -85,16 +88,6 @@ def classify_error(exc: Exception) -> SendResult:
     # fixes: failing visibly after the retries beats dropping the report as "rejected".
     kind = type(exc).__name__
     return SendResult(Outcome.RETRYABLE, f"{kind}: {message}", request_id, status)
-
-
-def unexpected_error(exc: Exception) -> SendResult:
-    """The outcome of an event whose attempt raised something other than a Stripe error.
-
-    A bug, a malformed value or an odd answer costs only that event: it stays retryable,
-    with the exception as its reason, and ends visibly failed if it never goes through.
-    """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return SendResult(Outcome.RETRYABLE, f"{type(exc).__name__}: {text}".rstrip(": "))
 
 
 def rounds_by_customer(events: Sequence[MeterEvent]) -> list[list[int]]:

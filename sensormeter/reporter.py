@@ -14,7 +14,7 @@ import structlog
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
 from .ledger import LedgerRow, NewReport
-from .meter import MeterClient, MeterEvent, SendResult, unexpected_error
+from .meter import MeterClient, MeterEvent, SendResult, classify_error
 from .models import MeterReport, utcnow
 from .usage import UsageSource
 
@@ -334,7 +334,7 @@ class Reporter:
             try:
                 events[identifier] = ledger.event_for(row)
             except Exception as exc:  # noqa: BLE001 (one malformed row costs only itself)
-                answers[identifier] = unexpected_error(exc)
+                answers[identifier] = classify_error(exc)
         sending = time.perf_counter()
         answers.update(zip(events, self._send(list(events.values())), strict=True))
         result.send_seconds += time.perf_counter() - sending
@@ -370,5 +370,5 @@ class Reporter:
             if len(answers) != len(events):
                 raise RuntimeError(f"{len(answers)} answers for {len(events)} events")
         except Exception as exc:  # noqa: BLE001 (recorded on every row, never swallowed)
-            return [unexpected_error(exc)] * len(events)
+            return [classify_error(exc)] * len(events)
         return list(answers)

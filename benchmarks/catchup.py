@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline import ensure_pg_database, seed  # noqa: E402
 
 from sensormeter import ledger  # noqa: E402
-from sensormeter.catchup import catchup_window, iter_gaps  # noqa: E402
+from sensormeter.hours import format_hour
 from sensormeter.models import open_database, utcnow  # noqa: E402
 from sensormeter.settings import Settings  # noqa: E402
+from sensormeter.tasks.catchup import catchup_window, iter_gaps
 from sensormeter.usage import DatabaseUsageSource  # noqa: E402
 
 EVENT = "active_sensors"
@@ -128,7 +129,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     chunks = -(-args.orgs // args.chunk_size)
     print(f"catch-up scan: {args.orgs} organizations x {len(hours)} hours "
-          f"({ledger.format_hour(hours[0])}..{ledger.format_hour(hours[-1])}), "
+          f"({format_hour(hours[0])}..{format_hour(hours[-1])}), "
           f"chunks of {args.chunk_size}")
     print(f"  seconds {seconds:.2f}, organizations/s {args.orgs / seconds:,.0f}")
     print(f"  gaps found {gaps} in {batches} report jobs"

@@ -27,6 +27,7 @@ from datetime import timedelta
 import peewee
 
 from sensormeter import ledger
+from sensormeter.hours import hour_start
 from sensormeter.models import (
     MODELS,
     MeterReport,
@@ -36,8 +37,8 @@ from sensormeter.models import (
     open_database,
     utcnow,
 )
-from sensormeter.period_close import _due, close_request_id
 from sensormeter.settings import Settings
+from sensormeter.tasks.period_close import _due, close_request_id
 from sensormeter.usage import DatabaseUsageSource
 
 EVENT = "active_sensors"
@@ -61,7 +62,7 @@ def seed(database: peewee.Database, orgs: int, window: timedelta) -> None:
                 end = now - PERIOD / 2 + step * i  # half already ended, half to come
                 start = end - PERIOD if end > now else end  # ended ones are renewed
                 subs.append((org, "active", f"cus_{i}", start, start + PERIOD))
-                earlier = ledger.hour_start(now - window - timedelta(hours=2))
+                earlier = hour_start(now - window - timedelta(hours=2))
                 rows.append(
                     (org, EVENT, 1, ledger.hourly_identifier(org, EVENT, earlier), "hourly")
                     + (earlier, f"cus_{i}", earlier, "sent")

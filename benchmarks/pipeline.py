@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import resource
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -31,10 +31,12 @@ import redis
 from rq import Queue
 from rq.registry import FinishedJobRegistry
 
-from sensormeter import ledger
-from sensormeter.jobs import JSONJob, enqueue_fanout, make_queue, process_meter_report
+from sensormeter.hours import format_hour, hour_start
 from sensormeter.models import MODELS, MeterReport, create_tables, open_database, utcnow
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
+from sensormeter.tasks.queue import JSONJob, make_queue
+from sensormeter.tasks.report import process_meter_report
 
 CLI = [sys.executable, "-m", "sensormeter.cli"]
 
@@ -272,7 +274,7 @@ def main() -> None:
 
         if args.per_org_sample:
             sample = [f"org{i:08d}" for i in range(min(args.per_org_sample, args.orgs))]
-            hour = ledger.format_hour(ledger.hour_start(utcnow() - timedelta(days=1)))
+            hour = format_hour(hour_start(utcnow() - timedelta(days=1)))
             queue = make_queue(settings, connection)
             single = settings.with_overrides(chunk_size=1)
             started = time.perf_counter()

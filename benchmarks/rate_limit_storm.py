@@ -30,9 +30,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline import CLI, emulator_stats, free_port, seed  # noqa: E402
 
-from sensormeter.jobs import enqueue_fanout  # noqa: E402
 from sensormeter.models import MeterReport, open_database  # noqa: E402
 from sensormeter.settings import Settings  # noqa: E402
+from sensormeter.tasks.fanout import enqueue_fanout
 
 
 def env_for(settings: Settings, client_rate_limit: float | None) -> dict[str, str]:

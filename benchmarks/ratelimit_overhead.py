@@ -16,11 +16,11 @@ import time
 
 import redis
 
-from sensormeter.meter import Outcome, SendResult
-from sensormeter.ratelimit import (
+from sensormeter.keys import LimiterKeys
+from sensormeter.meters.base import Outcome, SendResult
+from sensormeter.meters.ratelimit import (
     REFRESH_SECONDS,
     AdaptiveRateLimiter,
-    LimiterKeys,
     NoRateLimit,
     RedisLimiterStore,
     send_limited,

@@ -15,18 +15,14 @@ from .errors import (
     ServiceUnavailable,
     WebhookError,
 )
-from .jobs import (
-    enqueue_fanout,
-    enqueue_sensor_report,
-    make_queue,
-    process_meter_report,
-    report_all_sensor_counts,
-)
-from .meter import MeterClient, MeterEvent
 from .meters import InMemoryMeterClient, StripeMeterClient, StripeStreamClient
+from .meters.base import MeterClient, MeterEvent
 from .runtime import Runtime, get_runtime, make_redis, set_runtime
-from .schedule import register_hourly_job
 from .settings import Settings
+from .tasks.fanout import enqueue_fanout, report_all_sensor_counts
+from .tasks.queue import make_queue
+from .tasks.report import enqueue_sensor_report, process_meter_report
+from .tasks.schedule import register_hourly_job
 from .usage import DatabaseUsageSource, InMemoryUsageSource, UsageSource
 from .webhook import WebhookResult, handle_stripe_webhook
 

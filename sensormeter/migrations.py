@@ -16,10 +16,21 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_operations
 
+from .db import BaseModel, tuples, utcnow
 from .errors import SchemaOutdated
-from .models import SchemaVersion, tuples
 
 LEDGER_TABLE = "meter_reports"
+
+
+class SchemaVersion(BaseModel):
+    """One applied schema migration (see sensormeter/migrations.py)."""
+
+    version = peewee.IntegerField(primary_key=True)
+    description = peewee.TextField()
+    applied_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "sensormeter_schema_version"
 
 
 @dataclass(frozen=True)

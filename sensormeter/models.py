@@ -1,25 +1,15 @@
-"""The default data model (peewee) and opening a database from a URL."""
+"""The tables (the default host tables and the ledger), opening them, creating them."""
 
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import peewee
 
-from .errors import ConfigurationError, ServiceUnavailable
-from .settings import redact_url, split_url
-
-
-def utcnow() -> datetime:
-    """The current time as a naive UTC datetime, the form every column stores."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-class BaseModel(peewee.Model):
-    """Models are unbound: :func:`open_database` binds them to one database per process."""
+from .db import BaseModel, make_database, tuples, utcnow
+from .errors import ServiceUnavailable
+from .migrations import SchemaVersion, migrate
+from .settings import redact_url
 
 
 class Organization(BaseModel):
@@ -127,59 +117,7 @@ class MeterReport(BaseModel):
         )
 
 
-def tuples(query: Any) -> list[tuple[Any, ...]]:
-    """Run a select and return its rows as plain tuples (typed loosely: peewee's stubs can't)."""
-    return [tuple(row) for row in query.tuples()]
-
-
-class SchemaVersion(BaseModel):
-    """One applied schema migration (see sensormeter/migrations.py)."""
-
-    version = peewee.IntegerField(primary_key=True)
-    description = peewee.TextField()
-    applied_at = peewee.DateTimeField(default=utcnow)
-
-    class Meta:
-        table_name = "sensormeter_schema_version"
-
-
 MODELS: list[type[BaseModel]] = [SchemaVersion, Organization, Subscription, Sensor, MeterReport]
-
-
-def make_database(url: str) -> peewee.Database:
-    """Build (without connecting) a peewee database for ``sqlite:///...`` or ``postgresql://...``."""
-    parts = split_url(url, "DATABASE_URL")
-    options: dict[str, Any] = dict(parse_qsl(parts.query))
-    if parts.scheme == "sqlite":
-        path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
-        if parts.netloc:
-            # sqlite://relative.db is a common slip for sqlite:///relative.db.
-            path = parts.netloc + parts.path
-        if not path:
-            raise ConfigurationError("DATABASE_URL", "sqlite URL needs a path: sqlite:///file.db")
-        # WAL plus a busy timeout lets five worker processes write one SQLite file safely.
-        return peewee.SqliteDatabase(
-            path,
-            pragmas={"journal_mode": "wal", "busy_timeout": 30_000, "foreign_keys": 1},
-            timeout=30,
-        )
-    if parts.scheme in ("postgres", "postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            raise ConfigurationError(
-                "DATABASE_URL",
-                "PostgreSQL needs a driver: pip install 'sensormeter[postgres]'",
-            ) from None
-        return peewee.PostgresqlDatabase(
-            unquote(parts.path.lstrip("/")) or "postgres",
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            host=parts.hostname,
-            port=parts.port,
-            **options,
-        )
-    raise ConfigurationError("DATABASE_URL", f"unsupported scheme in {redact_url(url)!r}")
 
 
 def open_database(url: str, *, create: bool = True) -> peewee.Database:
@@ -203,8 +141,7 @@ def open_database(url: str, *, create: bool = True) -> peewee.Database:
             raise ServiceUnavailable(
                 "the database",
                 redact_url(url),
-                f"no SQLite database at {os.path.abspath(path)} "
-                "(run 'sensormeter init-db' first)",
+                f"no SQLite database at {os.path.abspath(path)} (run 'sensormeter init-db' first)",
             )
     database.bind(MODELS)
     try:
@@ -221,8 +158,6 @@ def create_tables(database: peewee.Database) -> list[str]:
     Returns the names of the tables created. Existing tables are migrated first (adding
     columns, never dropping a row), so the current models' indexes can then be created.
     """
-    from .migrations import migrate
-
     existing = set(database.get_tables())
     with database.atomic():
         database.create_tables([SchemaVersion], safe=True)
@@ -234,3 +169,19 @@ def create_tables(database: peewee.Database) -> list[str]:
                 "ALTER TABLE sensors ALTER COLUMN created_at SET DEFAULT (now() AT TIME ZONE 'utc')"
             )
     return [m._meta.table_name for m in MODELS if m._meta.table_name not in existing]
+
+
+__all__ = [
+    "MODELS",
+    "BaseModel",
+    "MeterReport",
+    "Organization",
+    "SchemaVersion",
+    "Sensor",
+    "Subscription",
+    "create_tables",
+    "make_database",
+    "open_database",
+    "tuples",
+    "utcnow",
+]

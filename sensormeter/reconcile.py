@@ -19,16 +19,15 @@ from typing import Any
 import peewee
 import stripe
 
+from .defaults import SUMMARY_PAGE_SIZE
 from .errors import SensormeterError, ServiceUnavailable
-from .ledger import format_hour, hour_start, parse_hour_option
-from .meter import make_stripe_client
+from .hours import format_hour, hour_start, parse_hour_option
+from .meters.base import make_stripe_client
 from .models import MeterReport
 from .settings import Settings
 
 HOUR = timedelta(hours=1)
 LOOKBACK = timedelta(hours=48)  # the default window: two days back
-# Summaries per request: Stripe's maximum, so a 48-hour window costs one call per customer.
-PAGE_SIZE = 100
 _FETCH_BATCH = 10_000  # ledger rows fetched from PostgreSQL at a time
 
 MISSING_IN_STRIPE = "missing_in_stripe"
@@ -335,7 +334,7 @@ def find_meter_id(client: stripe.StripeClient, event_name: str) -> str:
     """
     meters = [
         meter
-        for meter in client.v1.billing.meters.list({"limit": PAGE_SIZE}).auto_paging_iter()
+        for meter in client.v1.billing.meters.list({"limit": SUMMARY_PAGE_SIZE}).auto_paging_iter()
         if meter.event_name == event_name
     ]
     if not meters:
@@ -355,7 +354,7 @@ def hourly_summaries(
     start: datetime,
     end: datetime,
     *,
-    page_size: int = PAGE_SIZE,
+    page_size: int = SUMMARY_PAGE_SIZE,
 ) -> list[StripeHour]:
     """Stripe's hourly `last` values of each customer in [start, end): one paged list each.
 

@@ -13,8 +13,9 @@ import structlog
 
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
+from .hours import parse_hour
 from .ledger import LedgerRow, NewReport
-from .meter import MeterClient, MeterEvent, SendResult, classify_error
+from .meters.base import MeterClient, MeterEvent, SendResult, classify_error
 from .models import MeterReport, utcnow
 from .usage import UsageSource
 
@@ -91,7 +92,7 @@ class Reporter:
     ) -> dict[str, str]:
         """Each organization's identifier for this report (fixed before any attempt)."""
         if hour is not None:
-            period = ledger.parse_hour(hour)
+            period = parse_hour(hour)
             return {
                 o: ledger.hourly_identifier(o, self.event_name, period) for o in organization_ids
             }
@@ -122,7 +123,7 @@ class Reporter:
     def event_identifier(self, customer: str, hour: str | None, request_id: str | None) -> str:
         """The identifier of a shared customer's event for this report."""
         if hour is not None:
-            period = ledger.parse_hour(hour)
+            period = parse_hour(hour)
             return ledger.customer_hourly_identifier(customer, self.event_name, period)
         if request_id is None:
             raise ValueError("a report needs an hour (hourly) or a request id (on demand)")
@@ -179,7 +180,7 @@ class Reporter:
         value is the sum of their counts.
         """
         if hour is not None:
-            deadline = ledger.parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
+            deadline = parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
             kind = MeterReport.HOURLY
         kind = kind or MeterReport.ON_DEMAND
         result = ChunkResult()
@@ -199,7 +200,7 @@ class Reporter:
                 if problem:
                     # A host's source gave something no meter may be sent: log it, bill nothing.
                     result.skipped[org] = problem
-            period = ledger.parse_hour(hour) if hour is not None else None
+            period = parse_hour(hour) if hour is not None else None
             reports: list[NewReport] = []
             for customer, group in members.items():
                 fresh = [o for o in group if o in todo and o not in result.skipped]

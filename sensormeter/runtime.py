@@ -15,8 +15,8 @@ import peewee
 import redis
 
 from .errors import ConfigurationError, ServiceUnavailable
-from .meter import MeterClient
 from .meters import make_meter_client
+from .meters.base import MeterClient
 from .migrations import check_schema
 from .models import open_database
 from .settings import Settings, redact_url, split_url

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from .defaults import MAX_PAST_HOURS
 from .errors import ConfigurationError
 
 SUBSCRIPTION_STATUSES = frozenset(
@@ -32,8 +33,7 @@ _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _PAYLOAD_KEY = re.compile(r"^[A-Za-z0-9_]{1,100}$")
 _STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$")
-# Stripe accepts meter events up to 35 days old; keep an hour's margin for a late job.
-MAX_CATCHUP_HOURS = 35 * 24 - 1
+MAX_CATCHUP_HOURS = MAX_PAST_HOURS  # Stripe's 35 days, less an hour
 _USAGE_SOURCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # ASCII digits only: int() and float() also take '1_000', Arabic-Indic or full-width digits,
 # 'nan' and 'inf', none of which anybody means in a setting.

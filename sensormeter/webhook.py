@@ -19,8 +19,9 @@ import stripe
 import structlog
 
 from . import ledger
+from .defaults import ERROR_LIMIT
 from .errors import WebhookError
-from .meter import make_stripe_client
+from .meters.base import make_stripe_client
 from .models import MeterReport, utcnow
 from .settings import Settings
 
@@ -31,7 +32,6 @@ THIN_EVENT_OBJECT = "v2.core.event"
 # Stripe's own default: a delivery signed more than 5 minutes ago is refused as a replay.
 DEFAULT_TOLERANCE_SECONDS = 300
 ERROR_PREFIX = "Stripe async error report"
-_ERROR_LIMIT = 500  # the length the ledger keeps of any error
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def parse_error_report(event: dict[str, Any], event_id: str) -> ErrorReport:
 def rejection_message(event_id: str, sample: SampleError) -> str:
     """The ``last_error`` of a row refused in an error report: says where it came from."""
     text = f"{ERROR_PREFIX} {event_id}: {sample.code}: {sample.message}"
-    return text[:_ERROR_LIMIT]
+    return text[:ERROR_LIMIT]
 
 
 def mark_rejected(database: peewee.Database, report: ErrorReport, event_id: str) -> tuple[int, int]:

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from sensormeter import ledger
 from sensormeter.cli import main
 from sensormeter.errors import ConfigurationError, InvalidOrganizationId, ServiceUnavailable
-from sensormeter.jobs import make_queue
+from sensormeter.hours import format_hour, parse_hour, parse_hour_option
 from sensormeter.models import make_database, open_database, utcnow
 from sensormeter.runtime import Runtime, make_redis
 from sensormeter.settings import Settings, redact_url
+from sensormeter.tasks.queue import make_queue
 from sensormeter.usage import load_usage_source
 
 from .conftest import REDIS_URL, cli_env
@@ -139,10 +140,10 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the command started although its argument is malformed")
 
-    monkeypatch.setattr("sensormeter.worker.run_workers", refuse)
-    monkeypatch.setattr("sensormeter.schedule.ReportingScheduler", refuse)
+    monkeypatch.setattr("sensormeter.tasks.worker.run_workers", refuse)
+    monkeypatch.setattr("sensormeter.tasks.schedule.ReportingScheduler", refuse)
     monkeypatch.setattr("sensormeter.emulator.serve", refuse)
-    monkeypatch.setattr("sensormeter.demo.run_demo", refuse)
+    monkeypatch.setattr("sensormeter.cli.demo.run_demo", refuse)
     monkeypatch.setattr("sensormeter.runtime.Runtime.build", refuse)
 
 
@@ -195,15 +196,15 @@ class TestHours:
         """Hours and days written with other digits, or not zero-padded, are refused."""
         for label in (self.FULL_WIDTH, "2026-01-05T4", "\u0662026-01-05T04"):
             with pytest.raises(ValueError, match="digits 0-9"):
-                ledger.parse_hour(label)
+                parse_hour(label)
             with pytest.raises(ValueError, match="digits 0-9"):
-                ledger.parse_hour_option(label)
+                parse_hour_option(label)
         with pytest.raises(ValueError, match="digits 0-9"):
-            ledger.parse_hour("2026-01-05T04\n")  # a job argument is never stripped
+            parse_hour("2026-01-05T04\n")  # a job argument is never stripped
         with pytest.raises(ValueError, match="digits 0-9"):
-            ledger.parse_hour_option("\uff12\uff10\uff12\uff16-01-05")
-        assert ledger.parse_hour_option(" 2026-01-05 ").hour == 0
-        assert ledger.parse_hour("2026-01-05T04").hour == 4
+            parse_hour_option("\uff12\uff10\uff12\uff16-01-05")
+        assert parse_hour_option(" 2026-01-05 ").hour == 0
+        assert parse_hour("2026-01-05T04").hour == 4
 
     @sqlite_only
     def test_report_all_refuses_and_queues_nothing(
@@ -303,7 +304,7 @@ class TestNeverCreateTheDatabase:
         """A command other than init-db or demo refuses a SQLite file that does not exist."""
         missing = tmp_path / "typo.db"
         env = cli_env(settings, DATABASE_URL=f"sqlite:///{missing}")
-        this_hour = ledger.format_hour(utcnow())
+        this_hour = format_hour(utcnow())
         args = [this_hour if a == "THIS-HOUR" else a for a in args]
         line = one_error_line(sensormeter(env, *args))
         assert f"no SQLite database at {missing} (run 'sensormeter init-db' first)" in line

@@ -11,12 +11,12 @@ from rq.serializers import JSONSerializer
 
 from sensormeter import report_all_sensor_counts
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import JSONJob, make_queue
-from sensormeter.meter import MeterEvent, Outcome, rounds_by_customer
 from sensormeter.meters import StripeMeterClient, StripeStreamClient
+from sensormeter.meters.base import MeterEvent, Outcome, rounds_by_customer
 from sensormeter.models import MeterReport
 from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
+from sensormeter.tasks.queue import JSONJob, make_queue
 
 from .factories import make_org
 

@@ -7,8 +7,9 @@ from datetime import timedelta
 import peewee
 import pytest
 
-from sensormeter import ledger, report_all_sensor_counts
+from sensormeter import report_all_sensor_counts
 from sensormeter.emulator import StripeEmulator
+from sensormeter.hours import format_hour, parse_hour
 from sensormeter.models import Sensor, utcnow
 from sensormeter.runtime import Runtime
 from sensormeter.settings import Settings
@@ -49,7 +50,7 @@ class TestBlankCustomer:
         """The hourly run sends nothing for the blank customer and one event for the other."""
         make_org("blank", customer="   ", active=2)
         make_org("good", active=1)
-        hour = ledger.format_hour(utcnow())
+        hour = format_hour(utcnow())
         report_all_sensor_counts(hour)
         work(runtime)
         assert_billed_exactly_once(emulator, {"good": "cus_good"}, hour)
@@ -73,11 +74,11 @@ class TestCountsAgree:
         """An hour reported on time and the same hour read afterwards give one count."""
         make_org("acme", active=3)
         Sensor.create(organization="acme", created_at=utcnow() + timedelta(hours=3))
-        hour = ledger.format_hour(utcnow())
+        hour = format_hour(utcnow())
         report_all_sensor_counts(hour)
         work(runtime)
         assert_billed_exactly_once(emulator, {"acme": "cus_acme"}, hour)
         [event] = emulator.events()
-        end_of_hour = ledger.parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
+        end_of_hour = parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
         later = runtime.source.count_active_sensors_at(["acme"], end_of_hour)  # type: ignore[attr-defined]
         assert event.value == later["acme"] == 3

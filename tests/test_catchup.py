@@ -9,13 +9,14 @@ import pytest
 import redis
 
 from sensormeter import ledger
-from sensormeter.catchup import catch_up, catchup_window, find_gaps
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import make_queue
+from sensormeter.hours import format_hour, hour_start
 from sensormeter.models import MeterReport, Sensor, utcnow
 from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
-from sensormeter.schedule import ReportingScheduler, hourly_job_id
+from sensormeter.tasks.catchup import catch_up, catchup_window, find_gaps
+from sensormeter.tasks.queue import make_queue
+from sensormeter.tasks.schedule import ReportingScheduler, hourly_job_id
 
 from .conftest import SENSORMETER, cli_env, count_queries
 from .factories import make_org
@@ -25,7 +26,7 @@ EVENT = "active_sensors"
 
 
 def now_hour() -> datetime:
-    return ledger.hour_start(utcnow())
+    return hour_start(utcnow())
 
 
 def add_sensor(org: str, created: datetime, deleted: datetime | None = None) -> None:
@@ -35,7 +36,7 @@ def add_sensor(org: str, created: datetime, deleted: datetime | None = None) -> 
 def report_hour(rt: Runtime, orgs: list[str], hour: datetime) -> None:
     """What an hourly run for ``hour`` leaves in the ledger (and in the emulator)."""
     reporter = Reporter(rt.source, rt.meter, rt.settings.meter_event_name)
-    reporter.run(rt.database, orgs, hour=ledger.format_hour(hour))
+    reporter.run(rt.database, orgs, hour=format_hour(hour))
 
 
 def ledger_row(org: str, hour: datetime, status: str) -> None:
@@ -118,7 +119,7 @@ class TestCatchUpJob:
         catch_up()
         work(runtime)
         events = sorted(emulator.events(), key=lambda e: e.timestamp)
-        labels = [ledger.format_hour(h - timedelta(hours=k)) for k in (4, 3, 2, 1)]
+        labels = [format_hour(h - timedelta(hours=k)) for k in (4, 3, 2, 1)]
         assert [e.identifier for e in events] == [f"{EVENT}-acme-{label}" for label in labels]
         # Counted at each hour's last second: one sensor deleted at h-3:30, one added at h-2:30.
         assert [e.value for e in events] == [2, 1, 2, 2]
@@ -134,7 +135,7 @@ class TestCatchUpJob:
         settings = runtime.settings.with_overrides(catchup_hours=3)
         now = utcnow()
         assert len(catchup_window(settings, now, include_current=False)) == 3
-        assert catchup_window(settings, now, include_current=True)[-1] == ledger.hour_start(now)
+        assert catchup_window(settings, now, include_current=True)[-1] == hour_start(now)
         assert (
             catchup_window(settings.with_overrides(catchup_hours=0), now, include_current=True)
             == []
@@ -158,12 +159,12 @@ class TestScheduler:
         scheduler = ReportingScheduler(runtime.settings, redis_conn)
         scheduler.start()
         queue = make_queue(runtime.settings, redis_conn)
-        assert [j.func_name for j in queue.get_jobs()] == ["sensormeter.catchup.catch_up"]
+        assert [j.func_name for j in queue.get_jobs()] == ["sensormeter.tasks.catchup.catch_up"]
         redis_conn.flushdb()  # what a restart without persistence leaves
         scheduler.enqueue_jobs()
         key = scheduler.scheduled_jobs_key
         assert redis_conn.zscore(key, hourly_job_id(runtime.settings.queue_name)) is not None
-        assert [j.func_name for j in queue.get_jobs()] == ["sensormeter.catchup.catch_up"]
+        assert [j.func_name for j in queue.get_jobs()] == ["sensormeter.tasks.catchup.catch_up"]
         assert redis_conn.zcard(key) == 3  # hourly, sweep, period close
         scheduler.enqueue_jobs()  # registrations present: nothing more is queued
         assert queue.count == 1
@@ -179,8 +180,8 @@ class TestBackfillCommand:
             make_org(org)
             add_sensor(org, h - timedelta(hours=20))
             ledger_row(org, h - timedelta(hours=6), "sent")
-        since = ledger.format_hour(h - timedelta(hours=6))
-        until = ledger.format_hour(h - timedelta(hours=3))
+        since = format_hour(h - timedelta(hours=6))
+        until = format_hour(h - timedelta(hours=3))
         env = cli_env(runtime.settings)
         dry = subprocess.run(
             [
@@ -211,7 +212,7 @@ class TestBackfillCommand:
         assert run.returncode == 0, run.stderr
         assert "backfill: sent 3" in run.stdout
         assert sorted(e.identifier for e in emulator.events()) == [
-            f"{EVENT}-acme-{ledger.format_hour(h - timedelta(hours=k))}" for k in (5, 4, 3)
+            f"{EVENT}-acme-{format_hour(h - timedelta(hours=k))}" for k in (5, 4, 3)
         ]
         again = subprocess.run(
             [*SENSORMETER, "backfill", "--since", since, "--until", until, "--org", "acme"],
@@ -227,7 +228,7 @@ class TestBackfillCommand:
     ) -> None:
         """`backfill --org` for a canceled organization names the reason and sends nothing."""
         make_org("gone", status="canceled")
-        since = ledger.format_hour(now_hour() - timedelta(hours=3))
+        since = format_hour(now_hour() - timedelta(hours=3))
         run = subprocess.run(
             [*SENSORMETER, "backfill", "--since", since, "--org", "gone"],
             env=cli_env(runtime.settings),

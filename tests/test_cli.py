@@ -11,9 +11,10 @@ import peewee
 import pytest
 import redis
 
-from sensormeter.jobs import enqueue_sensor_report, make_queue
 from sensormeter.models import MeterReport, utcnow
 from sensormeter.settings import Settings
+from sensormeter.tasks.queue import make_queue
+from sensormeter.tasks.report import enqueue_sensor_report
 
 from .conftest import SENSORMETER, TEST_QUEUE, cli_env
 
@@ -142,7 +143,7 @@ class TestReportCommand:
         assert done.returncode == 0, done.stderr
         [job] = make_queue(settings, redis_conn).get_jobs()
         assert done.stdout.strip() == f"queued {job.id} on {TEST_QUEUE}"
-        assert job.func_name == "sensormeter.jobs.process_meter_report"
+        assert job.func_name == "sensormeter.tasks.report.process_meter_report"
         assert list(job.args) == [["acme"]]
 
 
@@ -167,7 +168,7 @@ class TestReportAllCommand:
         assert done.returncode == 0, done.stderr
         [job] = make_queue(settings, redis_conn).get_jobs()
         assert done.stdout.strip() == f"queued {job.id} on {TEST_QUEUE}"
-        assert job.func_name == "sensormeter.jobs.report_all_sensor_counts"
+        assert job.func_name == "sensormeter.tasks.fanout.report_all_sensor_counts"
         assert job.kwargs == {"hour": hour}
 
 

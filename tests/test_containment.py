@@ -14,18 +14,19 @@ import peewee
 import pytest
 
 from sensormeter import ledger
-from sensormeter.catchup import find_gaps
 from sensormeter.errors import ReportsFailed, RetryableReportError
-from sensormeter.jobs import process_meter_report
-from sensormeter.meter import MeterEvent, SendResult
+from sensormeter.hours import format_hour, hour_start
+from sensormeter.meters.base import MeterEvent, SendResult
 from sensormeter.models import MeterReport, utcnow
 from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
+from sensormeter.tasks.catchup import find_gaps
+from sensormeter.tasks.report import process_meter_report
 from sensormeter.usage import InMemoryUsageSource
 
 from .factories import make_org
 
-HOUR = ledger.format_hour(ledger.hour_start(utcnow()))
+HOUR = format_hour(hour_start(utcnow()))
 LATIN1_PAGE = "<html><body><h1>502 Bad Gateway</h1><p>Passerelle défaillante</p></body></html>"
 
 
@@ -39,7 +40,7 @@ def pending_row(org: str, identifier: str) -> int:
             value=3,
             identifier=identifier,
             kind=MeterReport.HOURLY,
-            period_hour=ledger.hour_start(now),
+            period_hour=hour_start(now),
             stripe_customer_id=f"cus_{org}",
             measured_at=now.replace(microsecond=0),
             status=MeterReport.PENDING,
@@ -125,7 +126,7 @@ class TestStalePending:
         self, database: peewee.Database
     ) -> None:
         """Catch-up treats a long-untouched pending row as missing, a fresh one as covered."""
-        hour = ledger.hour_start(utcnow()) - timedelta(hours=1)
+        hour = hour_start(utcnow()) - timedelta(hours=1)
         earlier = hour - timedelta(hours=1)
         for org in ("fresh", "stale"):
             for h in (earlier, hour):

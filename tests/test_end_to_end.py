@@ -23,13 +23,16 @@ import redis
 import stripe
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import enqueue_fanout, enqueue_sensor_report, make_queue
-from sensormeter.ledger import format_hour, hour_start, hourly_identifier
+from sensormeter.hours import format_hour, hour_start
+from sensormeter.ledger import hourly_identifier
+from sensormeter.meters.ratelimit import THROTTLE_RETRIES
 from sensormeter.models import MeterReport, Sensor, utcnow
-from sensormeter.ratelimit import THROTTLE_RETRIES
-from sensormeter.schedule import make_scheduler, next_hour_utc, scheduled_run_time
 from sensormeter.settings import Settings
-from sensormeter.worker import pending_work
+from sensormeter.tasks.fanout import enqueue_fanout
+from sensormeter.tasks.queue import make_queue
+from sensormeter.tasks.report import enqueue_sensor_report
+from sensormeter.tasks.schedule import make_scheduler, next_hour_utc, scheduled_run_time
+from sensormeter.tasks.worker import pending_work
 
 from .conftest import SENSORMETER, TEST_QUEUE, cli_env
 from .factories import make_org

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.meter import MeterEvent, Outcome
 from sensormeter.meters import StripeMeterClient
+from sensormeter.meters.base import MeterEvent, Outcome
 from sensormeter.settings import Settings
 
 

@@ -18,11 +18,11 @@ from rq_scheduler import Scheduler
 from sensormeter import enqueue_sensor_report, register_hourly_job, report_all_sensor_counts
 from sensormeter.emulator import StripeEmulator
 from sensormeter.errors import InvalidOrganizationId
-from sensormeter.jobs import JSONJob, make_queue
+from sensormeter.meters.ratelimit import THROTTLE_RETRIES
 from sensormeter.models import MeterReport, Sensor
-from sensormeter.ratelimit import THROTTLE_RETRIES
 from sensormeter.runtime import Runtime
-from sensormeter.schedule import hourly_job_id, make_scheduler, scheduled_run_time
+from sensormeter.tasks.queue import JSONJob, make_queue
+from sensormeter.tasks.schedule import hourly_job_id, make_scheduler, scheduled_run_time
 
 from .conftest import TEST_QUEUE
 from .factories import make_org
@@ -101,7 +101,7 @@ class TestEnqueueSensorReport:
         raw = runtime.redis.hget(f"rq:job:{job_id}", "data")
         assert raw is not None
         decoded = json.loads(zlib.decompress(raw))  # RQ zlib-compresses the serialized data
-        assert decoded[0] == "sensormeter.jobs.process_meter_report"
+        assert decoded[0] == "sensormeter.tasks.report.process_meter_report"
         assert decoded[2] == [["acme"]]
 
 
@@ -119,7 +119,7 @@ class TestFanOut:
         assert sorted(len(j.args[0]) for j in chunk_jobs) == [5, 10, 10]
         # The hourly tick also queues the catch-up that looks back for missed hours.
         assert [j.func_name for j in queue.get_jobs() if j not in chunk_jobs] == [
-            "sensormeter.catchup.catch_up"
+            "sensormeter.tasks.catchup.catch_up"
         ]
         work(runtime)
         assert sorted(e.value for e in emulator.events()) == list(range(25))
@@ -191,7 +191,7 @@ class TestSchedule:
         assert when is not None
         assert (when.minute, when.second) == (0, 0)
         assert 0 < (when - datetime.now(UTC)).total_seconds() <= 3600
-        assert jobs[0].func_name == "sensormeter.jobs.report_all_sensor_counts"
+        assert jobs[0].func_name == "sensormeter.tasks.fanout.report_all_sensor_counts"
         assert jobs[0].origin == TEST_QUEUE
 
 

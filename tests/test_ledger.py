@@ -8,6 +8,7 @@ import pytest
 
 from sensormeter import ledger
 from sensormeter.errors import InvalidOrganizationId
+from sensormeter.hours import parse_hour
 
 HOUR = datetime(2026, 11, 29, 4)
 
@@ -71,14 +72,14 @@ def test_invalid_organization_ids(bad: object, problem: str) -> None:
 
 def test_parse_hour_rejects_garbage() -> None:
     """An hour label must be YYYY-MM-DDTHH."""
-    assert ledger.parse_hour("2026-11-29T04") == HOUR
+    assert parse_hour("2026-11-29T04") == HOUR
     with pytest.raises(ValueError, match="YYYY-MM-DDTHH"):
-        ledger.parse_hour("2026-11-29 04:00")
+        parse_hour("2026-11-29 04:00")
 
 
 def test_stored_errors_never_keep_a_key_or_a_password() -> None:
     """An error text quoting a Stripe key or a URL password is scrubbed before the ledger."""
-    from sensormeter.meter import Outcome, SendResult
+    from sensormeter.meters.base import Outcome, SendResult
 
     row = ledger.LedgerRow(
         1, "acme", "id-1", "active_sensors", 3, "cus_acme", HOUR, "pending", 1, None, None

@@ -18,8 +18,7 @@ import pytest
 import redis
 import structlog
 
-from sensormeter.jobs import process_meter_report
-from sensormeter.ledger import format_hour, hour_start
+from sensormeter.hours import format_hour, hour_start
 from sensormeter.logs import (
     MAX_LINE_BYTES,
     BoundedJSONRenderer,
@@ -31,6 +30,7 @@ from sensormeter.meters import InMemoryMeterClient
 from sensormeter.models import Organization, Sensor, Subscription, utcnow
 from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
+from sensormeter.tasks.report import process_meter_report
 
 RENDER = BoundedJSONRenderer()
 

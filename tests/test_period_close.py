@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 
-from sensormeter import ledger
-from sensormeter import period_close as PC
+from sensormeter import keys, ledger
 from sensormeter.emulator import StripeEmulator
 from sensormeter.errors import ConfigurationError
-from sensormeter.jobs import make_queue
+from sensormeter.hours import hour_start
 from sensormeter.models import MeterReport, Sensor, Subscription, utcnow
-from sensormeter.period_close import close_periods
 from sensormeter.runtime import Runtime
 from sensormeter.settings import Settings
+from sensormeter.tasks import period_close as PC
+from sensormeter.tasks.period_close import close_periods
+from sensormeter.tasks.queue import make_queue
 from sensormeter.usage import InMemoryUsageSource
 
 from .conftest import SENSORMETER, cli_env, count_queries
@@ -36,7 +37,7 @@ def epoch(moment: datetime) -> float:
 
 def reported(org: str, at: datetime) -> None:
     """A sent hourly ledger row measured at ``at``: sensormeter reported ``org`` then."""
-    hour = ledger.hour_start(at)
+    hour = hour_start(at)
     MeterReport.create(
         organization_id=org,
         event_name="active_sensors",
@@ -229,7 +230,7 @@ def test_each_check_looks_back_to_the_previous_one(runtime: Runtime) -> None:
     assert before - timedelta(hours=48) <= first_after <= utcnow() - timedelta(hours=48)
     assert first_until >= before + timedelta(minutes=10)
     assert before - PC.CLOCK_MARGIN <= second_after <= utcnow() - PC.CLOCK_MARGIN
-    runtime.redis.delete(PC.checked_key(runtime.settings.queue_name))  # Redis lost its data
+    runtime.redis.delete(keys.close_checked_key(runtime.settings.queue_name))  # Redis lost its data
     object.__setattr__(runtime, "settings", runtime.settings.with_overrides(catchup_hours=0))
     before = utcnow()
     close_periods()
@@ -254,9 +255,9 @@ def test_a_queued_close_outlives_the_look_back(runtime: Runtime) -> None:
     set_period("acme", end, end + timedelta(days=30))
     assert close_periods()["jobs"] == 1
     settings = runtime.settings
-    ttl = runtime.redis.ttl(PC.queued_key(settings.queue_name, "acme", end))
+    ttl = runtime.redis.ttl(keys.close_queued_key(settings.queue_name, "acme", end))
     assert ttl > (PC.look_back(settings) - timedelta(hours=40)).total_seconds()
-    runtime.redis.delete(PC.checked_key(settings.queue_name))  # full look-back again
+    runtime.redis.delete(keys.close_checked_key(settings.queue_name))  # full look-back again
     assert close_periods()["jobs"] == 0
     assert make_queue(settings, runtime.redis).count == 1
 

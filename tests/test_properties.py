@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from sensormeter import enqueue_sensor_report
 from sensormeter.cli import main
 from sensormeter.errors import ConfigurationError, InvalidOrganizationId
-from sensormeter.jobs import make_queue
-from sensormeter.ledger import parse_hour, parse_hour_option, validate_organization_id
+from sensormeter.hours import parse_hour, parse_hour_option
+from sensormeter.ledger import validate_organization_id
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.reporter import Reporter
 from sensormeter.settings import _VARIABLES, ASCII_INTEGER, ASCII_NUMBER, Settings
+from sensormeter.tasks.queue import make_queue
 from sensormeter.usage import InMemoryUsageSource
 
 from .conftest import REDIS_URL, TEST_QUEUE

@@ -8,8 +8,9 @@ import time
 import pytest
 import redis
 
-from sensormeter import ratelimit
-from sensormeter.ratelimit import (
+from sensormeter import keys as keys_module
+from sensormeter.keys import LimiterKeys
+from sensormeter.meters.ratelimit import (
     ACCEPTED_WINDOW,
     BUCKET_SECONDS,
     DECREASE_FACTOR,
@@ -20,7 +21,6 @@ from sensormeter.ratelimit import (
     REFRESH_SECONDS,
     RELEASE_AFTER,
     AdaptiveRateLimiter,
-    LimiterKeys,
     MemoryLimiterStore,
     RedisLimiterStore,
     Snapshot,
@@ -283,4 +283,4 @@ def test_keys_are_formatted_in_one_place() -> None:
     """Every key of a limit starts with the shared prefix and its scope."""
     keys = LimiterKeys("live:v1")
     for key in (keys.state, keys.schedule, keys.accepted(7)):
-        assert key.startswith(f"{ratelimit.KEY_PREFIX}:live:v1:")
+        assert key.startswith(f"{keys_module.KEY_PREFIX}:live:v1:")

@@ -7,8 +7,9 @@ import random
 
 import redis
 
-from sensormeter.jobs import enqueue_sensor_report, make_queue, make_retry
 from sensormeter.settings import Settings
+from sensormeter.tasks.queue import make_queue, make_retry
+from sensormeter.tasks.report import enqueue_sensor_report
 
 from .conftest import REDIS_URL, TEST_QUEUE
 

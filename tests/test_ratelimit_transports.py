@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.meter import MeterEvent, Outcome
 from sensormeter.meters import StripeMeterClient, StripeStreamClient
-from sensormeter.ratelimit import (
+from sensormeter.meters.base import MeterEvent, Outcome
+from sensormeter.meters.ratelimit import (
     THROTTLE_RETRIES,
     AdaptiveRateLimiter,
     MemoryLimiterStore,

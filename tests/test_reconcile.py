@@ -11,9 +11,10 @@ import peewee
 import pytest
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.ledger import format_hour, hour_start, hourly_identifier, on_demand_identifier
-from sensormeter.meter import MeterEvent, Outcome, make_stripe_client
+from sensormeter.hours import format_hour, hour_start
+from sensormeter.ledger import hourly_identifier, on_demand_identifier
 from sensormeter.meters import StripeMeterClient
+from sensormeter.meters.base import MeterEvent, Outcome, make_stripe_client
 from sensormeter.models import MeterReport, utcnow
 from sensormeter.reconcile import (
     InvalidWindow,

@@ -11,12 +11,12 @@ from rq.serializers import JSONSerializer
 
 from sensormeter import report_all_sensor_counts
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import JSONJob, make_queue
 from sensormeter.models import MeterReport, Sensor, utcnow
-from sensormeter.recovery import stale_after, sweep_stale_reports
 from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
-from sensormeter.schedule import make_scheduler, register_sweep_job, sweep_job_id
+from sensormeter.tasks.queue import JSONJob, make_queue
+from sensormeter.tasks.recovery import stale_after, sweep_stale_reports
+from sensormeter.tasks.schedule import make_scheduler, register_sweep_job, sweep_job_id
 
 from .conftest import SENSORMETER, TEST_QUEUE, cli_env
 from .factories import make_org

@@ -9,8 +9,9 @@ import pytest
 
 from sensormeter import ledger
 from sensormeter.errors import ReportsFailed, RetryableReportError
-from sensormeter.meter import Outcome, SendResult
+from sensormeter.hours import check_reportable_hour, format_hour, hour_start, parse_hour
 from sensormeter.meters import InMemoryMeterClient
+from sensormeter.meters.base import Outcome, SendResult
 from sensormeter.models import MeterReport, Sensor, utcnow
 from sensormeter.reporter import Reporter
 from sensormeter.settings import Settings
@@ -20,7 +21,7 @@ from .conftest import count_queries
 from .factories import make_org
 
 # The current hour: a past one is stamped at its last second, with historical counts.
-HOUR = ledger.format_hour(ledger.hour_start(utcnow()))
+HOUR = format_hour(hour_start(utcnow()))
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ class TestHourly:
         [event] = meter.events
         assert (event.customer, event.value, event.event_name) == ("cus_a", 3, "active_sensors")
         assert event.identifier == ledger.hourly_identifier(
-            "a", "active_sensors", ledger.parse_hour(HOUR)
+            "a", "active_sensors", parse_hour(HOUR)
         )
         r = row("a")
         assert (r.status, r.value, r.attempts, r.kind) == ("sent", 3, 1, "hourly")
@@ -177,7 +178,7 @@ class TestPastHour:
         """A job for an hour that is over is stamped at that hour's last second, counted then."""
         from datetime import timedelta
 
-        past = ledger.hour_start(utcnow()) - timedelta(hours=2)
+        past = hour_start(utcnow()) - timedelta(hours=2)
         make_org("a", active=0)
         Sensor.create(organization="a", created_at=past - timedelta(days=1))
         Sensor.create(
@@ -192,7 +193,7 @@ class TestPastHour:
         )  # gone before the end
         Sensor.create(organization="a")  # added now, after the hour: two of them
         Sensor.create(organization="a")
-        reporter.run(database, ["a"], hour=ledger.format_hour(past))
+        reporter.run(database, ["a"], hour=format_hour(past))
         [event] = meter.events
         last_second = past + timedelta(hours=1) - timedelta(seconds=1)
         assert event.value == 2
@@ -205,7 +206,7 @@ def test_hours_outside_stripes_window_are_refused() -> None:
 
     now = utcnow()
     with pytest.raises(ValueError, match="future"):
-        ledger.check_reportable_hour(ledger.format_hour(now + timedelta(hours=1)), now)
+        check_reportable_hour(format_hour(now + timedelta(hours=1)), now)
     with pytest.raises(ValueError, match="35-day"):
-        ledger.check_reportable_hour(ledger.format_hour(now - timedelta(days=36)), now)
-    assert ledger.check_reportable_hour(ledger.format_hour(now), now) == ledger.hour_start(now)
+        check_reportable_hour(format_hour(now - timedelta(days=36)), now)
+    assert check_reportable_hour(format_hour(now), now) == hour_start(now)

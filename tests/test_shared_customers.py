@@ -14,6 +14,7 @@ import peewee
 import pytest
 
 from sensormeter import ledger
+from sensormeter.hours import format_hour, hour_start, parse_hour
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.models import MeterReport, Organization, Subscription, utcnow
 from sensormeter.reporter import Reporter
@@ -22,7 +23,7 @@ from sensormeter.usage import DatabaseUsageSource, InMemoryUsageSource
 
 from .factories import make_org
 
-HOUR = ledger.format_hour(ledger.hour_start(utcnow()))
+HOUR = format_hour(hour_start(utcnow()))
 EVENT = "active_sensors"
 
 
@@ -34,7 +35,7 @@ def assert_one_event_per_customer_hour(
     meter: InMemoryMeterClient, expected: dict[str, int], hour: str
 ) -> None:
     """The billing invariant per customer: one event in the hour, whose value is the sum."""
-    start = ledger.parse_hour(hour).replace(tzinfo=UTC)
+    start = parse_hour(hour).replace(tzinfo=UTC)
     by_customer: dict[str, list[int]] = {}
     for event in meter.events:
         moment = datetime.fromtimestamp(event.timestamp, UTC)
@@ -84,7 +85,7 @@ class TestInMemory:
         assert second.outcomes == {"b": "sent"}
         assert_one_event_per_customer_hour(meter, {"cus_x": 11, "cus_c": 4}, HOUR)
         shared = next(e for e in meter.events if e.customer == "cus_x")
-        period = ledger.parse_hour(HOUR)
+        period = parse_hour(HOUR)
         assert shared.identifier == ledger.customer_hourly_identifier("cus_x", EVENT, period)
         alone = next(e for e in meter.events if e.customer == "cus_c")
         assert alone.identifier == ledger.hourly_identifier("c", EVENT, period)
@@ -187,8 +188,8 @@ class TestOverHttp:
         self, runtime: object, emulator: object, database: peewee.Database
     ) -> None:
         """Through stripe-python and the emulator, reconcile compares per customer: clean."""
-        from sensormeter.jobs import process_meter_report
         from sensormeter.reconcile import reconcile
+        from sensormeter.tasks.report import process_meter_report
 
         make_org("a", customer="cus_x", active=10)
         make_org("b", customer="cus_x", active=1)
@@ -196,9 +197,9 @@ class TestOverHttp:
         process_meter_report(["b"], hour=HOUR)
         events = [e for e in emulator.events() if e.customer == "cus_x"]  # type: ignore[attr-defined]
         assert [(e.value, e.identifier) for e in events] == [
-            (11, ledger.customer_hourly_identifier("cus_x", EVENT, ledger.parse_hour(HOUR)))
+            (11, ledger.customer_hourly_identifier("cus_x", EVENT, parse_hour(HOUR)))
         ]
-        start = ledger.parse_hour(HOUR)
+        start = parse_hour(HOUR)
         settings = runtime.settings  # type: ignore[attr-defined]
         result = reconcile(settings, start, start + timedelta(hours=1))
         assert result.clean, [m.describe() for m in result.mismatches]

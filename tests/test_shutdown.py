@@ -16,10 +16,10 @@ from rq.worker import WorkerStatus
 
 from sensormeter import enqueue_sensor_report
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import make_queue
 from sensormeter.models import MeterReport
 from sensormeter.settings import Settings
-from sensormeter.worker import ReportingWorker
+from sensormeter.tasks.queue import make_queue
+from sensormeter.tasks.worker import ReportingWorker
 
 from .conftest import SENSORMETER, cli_env
 from .factories import make_org

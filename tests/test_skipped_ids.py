@@ -7,19 +7,15 @@ from datetime import timedelta
 
 import redis
 
-from sensormeter import ledger, report_all_sensor_counts
+from sensormeter import report_all_sensor_counts
 from sensormeter.emulator import StripeEmulator
+from sensormeter.hours import format_hour
+from sensormeter.keys import skipped_key
 from sensormeter.models import utcnow
-from sensormeter.period_close import close_periods
 from sensormeter.runtime import Runtime
 from sensormeter.settings import Settings
-from sensormeter.skipped import (
-    MAX_SKIPPED,
-    SKIPPED_TTL_SECONDS,
-    record_skipped,
-    skipped_ids,
-    skipped_key,
-)
+from sensormeter.tasks.period_close import close_periods
+from sensormeter.tasks.skipped import MAX_SKIPPED, SKIPPED_TTL_SECONDS, record_skipped, skipped_ids
 from sensormeter.usage import InMemoryUsageSource
 
 from .conftest import SENSORMETER, TEST_QUEUE, cli_env
@@ -39,7 +35,7 @@ def test_bad_ids_are_skipped_the_chunk_reported_and_status_shows_them(
         {"acme": 3, "acme\n": 3, "beta ": 1, "gamma": 5},
     )
     object.__setattr__(runtime, "source", source)
-    hour = ledger.format_hour(utcnow())
+    hour = format_hour(utcnow())
     assert report_all_sensor_counts(hour)["chunks"] == 1  # one chunk holds all four
     work(runtime)
     assert_billed_exactly_once(emulator, {"acme": "cus_acme", "gamma": "cus_gamma"}, hour)
@@ -67,7 +63,7 @@ def test_an_unhashable_id_from_a_job_argument_is_skipped_too(
     from sensormeter import process_meter_report
 
     make_org("good", active=2)
-    hour = ledger.format_hour(utcnow())
+    hour = format_hour(utcnow())
     result = process_meter_report(["good", ["bad"]], hour=hour)  # type: ignore[list-item]
     assert result["outcomes"] == {"good": "sent"}
     assert_billed_exactly_once(emulator, {"good": "cus_good"}, hour)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import redis
 
-from ..meter import MeterClient
-from ..ratelimit import AdaptiveRateLimiter, LimiterKeys, RateLimiter, RedisLimiterStore
+from ..keys import LimiterKeys
 from ..settings import Settings
+from .base import MeterClient
 from .memory import InMemoryMeterClient
+from .ratelimit import AdaptiveRateLimiter, RateLimiter, RedisLimiterStore
 from .v1 import StripeMeterClient
 from .v2 import StripeStreamClient
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from ..meter import DUPLICATE_MESSAGE_PREFIX, MeterEvent, Outcome, SendResult
+from .base import DUPLICATE_MESSAGE_PREFIX, MeterEvent, Outcome, SendResult
 
 
 class InMemoryMeterClient:

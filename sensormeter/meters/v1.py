@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..meter import (
+from ..settings import Settings
+from .base import (
     MeterEvent,
     Outcome,
     SendResult,
@@ -13,8 +14,7 @@ from ..meter import (
     make_stripe_client,
     rounds_by_customer,
 )
-from ..ratelimit import NoRateLimit, RateLimiter, send_limited
-from ..settings import Settings
+from .ratelimit import NoRateLimit, RateLimiter, send_limited
 
 
 class StripeMeterClient:

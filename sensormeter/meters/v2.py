@@ -16,7 +16,9 @@ from typing import Any
 
 import stripe
 
-from ..meter import (
+from ..defaults import STREAM_BATCH_SIZE
+from ..settings import Settings
+from .base import (
     MeterEvent,
     Outcome,
     SendResult,
@@ -24,10 +26,8 @@ from ..meter import (
     make_stripe_client,
     rounds_by_customer,
 )
-from ..ratelimit import NoRateLimit, RateLimiter, send_limited
-from ..settings import Settings
+from .ratelimit import NoRateLimit, RateLimiter, send_limited
 
-BATCH_SIZE = 100  # Stripe's maximum events per stream request
 RENEW_MARGIN_SECONDS = 60  # renew a session this long before its 15 minutes run out
 
 
@@ -114,7 +114,8 @@ class StripeStreamClient:
         with ThreadPoolExecutor(max(1, self.max_in_flight), thread_name_prefix="meter-v2") as pool:
             for positions in rounds_by_customer(events):
                 batches = [
-                    positions[i : i + BATCH_SIZE] for i in range(0, len(positions), BATCH_SIZE)
+                    positions[i : i + STREAM_BATCH_SIZE]
+                    for i in range(0, len(positions), STREAM_BATCH_SIZE)
                 ]
                 futures = [(b, pool.submit(self._post, [events[p] for p in b])) for b in batches]
                 for batch, future in futures:

@@ -23,7 +23,8 @@ import pytest
 import redis
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.ledger import hourly_identifier, parse_hour
+from sensormeter.hours import parse_hour
+from sensormeter.ledger import hourly_identifier
 from sensormeter.models import MeterReport
 from sensormeter.settings import Settings
 
@@ -253,7 +254,7 @@ def assert_period_closed(
     - its ledger row is a `period_close` row, `sent`.
     """
     from sensormeter.ledger import on_demand_identifier
-    from sensormeter.period_close import close_request_id
+    from sensormeter.tasks.period_close import close_request_id
 
     events = emulator.events()
     for org, end in period_ends.items():

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import enqueue_fanout
 from sensormeter.models import MODELS, MeterReport, create_tables, open_database
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
 
 from ..conftest import POSTGRES_URL, unavailable
 from .conftest import (

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import enqueue_fanout
-from sensormeter.ledger import customer_hourly_identifier, parse_hour
+from sensormeter.hours import parse_hour
+from sensormeter.ledger import customer_hourly_identifier
 from sensormeter.models import MeterReport, Sensor, Subscription
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
 
 from .conftest import assert_billed_exactly_once, current_hour, run_cli, seed
 

@@ -9,11 +9,11 @@ import redis
 from rq_scheduler import Scheduler
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import JSONJob
-from sensormeter.ledger import format_hour, hour_start
+from sensormeter.hours import format_hour, hour_start
 from sensormeter.models import Organization, Sensor, Subscription, utcnow
-from sensormeter.schedule import close_job_id
 from sensormeter.settings import Settings
+from sensormeter.tasks.queue import JSONJob
+from sensormeter.tasks.schedule import close_job_id
 
 from .conftest import assert_billed_exactly_once, assert_period_closed, run_cli
 

@@ -9,9 +9,10 @@ import redis
 from rq_scheduler import Scheduler
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import JSONJob, enqueue_fanout
-from sensormeter.schedule import close_job_id, hourly_job_id, sweep_job_id
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
+from sensormeter.tasks.queue import JSONJob
+from sensormeter.tasks.schedule import close_job_id, hourly_job_id, sweep_job_id
 
 from .conftest import (
     assert_billed_exactly_once,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import redis
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import enqueue_fanout
 from sensormeter.models import MeterReport, Organization, Sensor, Subscription
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
 
 from .conftest import assert_billed_exactly_once, current_hour, run_cli
 

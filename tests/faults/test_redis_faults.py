@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import enqueue_fanout
-from sensormeter.schedule import hourly_job_id, make_scheduler
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
+from sensormeter.tasks.schedule import hourly_job_id, make_scheduler
 
 from .conftest import (
     RedisServer,

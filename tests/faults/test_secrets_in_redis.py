@@ -19,12 +19,13 @@ from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import JSONJob, enqueue_fanout
-from sensormeter.ledger import parse_hour
+from sensormeter.hours import parse_hour
 from sensormeter.logs import MAX_LINE_BYTES
 from sensormeter.models import MeterReport
 from sensormeter.settings import Settings
-from sensormeter.worker import ReportingWorker
+from sensormeter.tasks.fanout import enqueue_fanout
+from sensormeter.tasks.queue import JSONJob
+from sensormeter.tasks.worker import ReportingWorker
 
 from .conftest import RedisServer, assert_billed_exactly_once, current_hour, run_cli, seed
 

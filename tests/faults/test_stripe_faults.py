@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from sensormeter.emulator import StripeEmulator
-from sensormeter.jobs import enqueue_fanout
 from sensormeter.settings import Settings
+from sensormeter.tasks.fanout import enqueue_fanout
 
 from .conftest import assert_billed_exactly_once, current_hour, run_cli, seed
 

@@ -13,10 +13,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import peewee
 
-from .errors import ConfigurationError, SensormeterError
-from .logs import scrub
-from .models import Organization, Sensor, Subscription, tuples, utcnow
-from .settings import Settings
+from ..errors import ConfigurationError, SensormeterError
+from ..logs import scrub
+from ..models import Organization, Sensor, Subscription, tuples, utcnow
+from ..settings import Settings
 
 # What "blank" means for a customer id: ASCII whitespace, trimmed alike in SQL and in Python.
 BLANKS = " \t\n\r\f\v"
@@ -92,8 +92,7 @@ class DatabaseUsageSource:
         org = Subscription.organization_id  # type: ignore[attr-defined]
         Candidate = Subscription.alias()
         candidates = Candidate.select(Candidate.organization_id).where(
-            Candidate.status.in_(self.statuses)
-            & Candidate.stripe_customer_id.in_(list(customers))
+            Candidate.status.in_(self.statuses) & Candidate.stripe_customer_id.in_(list(customers))
         )
         query = (
             Subscription.select(org, Subscription.stripe_customer_id)

@@ -17,9 +17,11 @@ from rq.serializers import JSONSerializer
 from rq.worker import HerokuWorker, WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from .jobs import JSONJob, make_queue
-from .logs import scrub
-from .settings import Settings
+from ..keys import burst_lock_key
+from ..logs import scrub
+from ..runtime import make_redis
+from ..settings import Settings
+from .queue import JSONJob, make_queue
 
 log = structlog.get_logger("sensormeter.worker")
 
@@ -118,8 +120,6 @@ def run_pool(settings: Settings, connection: redis.Redis, workers: int, burst: b
 
 def _burst_worker(settings: Settings, index: int) -> None:
     """One burst worker process: work until nothing is queued, running or waiting to retry."""
-    from .runtime import make_redis
-
     connection = make_redis(settings.redis_url)
     queue = make_queue(settings, connection)
     worker = ReportingWorker(
@@ -140,10 +140,10 @@ def _burst_worker(settings: Settings, index: int) -> None:
         # Retries wait in the scheduled registry; whichever process holds the lock moves the
         # due ones. Jobs of a worker that died (SIGKILL) stay "started" until their heartbeat
         # expires; the cleanup then hands them to RQ's retry, so they are not waited on forever.
-        if connection.set(f"sensormeter:{settings.queue_name}:burst-lock", index, nx=True, px=2000):
+        if connection.set(burst_lock_key(settings.queue_name), index, nx=True, px=2000):
             enqueue_due_retries(queue)
             StartedJobRegistry(queue=queue).cleanup()
-            connection.delete(f"sensormeter:{settings.queue_name}:burst-lock")
+            connection.delete(burst_lock_key(settings.queue_name))
         time.sleep(0.25)
 
 

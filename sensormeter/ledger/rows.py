@@ -1,9 +1,7 @@
-"""The ledger of meter reports: identifiers, pending rows, attempts and their outcomes."""
+"""The ``meter_reports`` rows: create pending, find, record attempts, summarize."""
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,141 +9,10 @@ from typing import Any
 
 import peewee
 
-from .errors import InvalidOrganizationId
-from .logs import scrub
-from .meter import MeterEvent, Outcome, SendResult
-from .models import MeterReport, tuples, utcnow
-
-MAX_IDENTIFIER = 100  # Stripe's limit on a meter event identifier.
-# Matched with fullmatch: "$" alone would also match before a trailing newline ("acme\n").
-_ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,63}", re.ASCII)
-# ASCII digits only: strptime also takes other scripts' digits ("２０２６-...").
-_HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}", re.ASCII)
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
-_ERROR_LIMIT = 500
-
-
-def organization_id_problem(organization_id: object) -> str | None:
-    """Say what is wrong with an organization id, or None when it is well-formed."""
-    if not isinstance(organization_id, str):
-        return f"must be a string, got {type(organization_id).__name__}"
-    if organization_id.strip() == "":
-        return "must not be empty"
-    if organization_id != organization_id.strip():
-        return "has leading or trailing whitespace"
-    if not _ORG_ID.fullmatch(organization_id):
-        return (
-            "use 1-64 letters, digits, '.', '_', ':', '@' or '-' (ASCII), "
-            "starting with a letter or digit"
-        )
-    return None
-
-
-def validate_organization_id(organization_id: object) -> str:
-    """Return the id if it is a non-empty string of 1-64 safe ASCII characters, else raise."""
-    problem = organization_id_problem(organization_id)
-    if problem is not None or not isinstance(organization_id, str):
-        raise InvalidOrganizationId(organization_id, problem or "must be a string")
-    return organization_id
-
-
-def hour_start(moment: datetime) -> datetime:
-    """The start of the UTC hour that contains ``moment`` (naive UTC)."""
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def format_hour(hour: datetime) -> str:
-    """The compact hour label used in identifiers and job arguments: ``2026-11-29T04``."""
-    return hour.strftime("%Y-%m-%dT%H")
-
-
-def parse_hour(label: str) -> datetime:
-    """Parse ``YYYY-MM-DDTHH`` (as made by :func:`format_hour`) into a naive UTC datetime."""
-    try:
-        if not isinstance(label, str) or not _HOUR.fullmatch(label):
-            raise ValueError(label)
-        return datetime.strptime(label, "%Y-%m-%dT%H")
-    except ValueError:
-        raise ValueError(
-            f"hour {label!r} is not of the form YYYY-MM-DDTHH (UTC, digits 0-9)"
-        ) from None
-
-
-def parse_hour_option(text: str) -> datetime:
-    """Parse a command-line hour: ``YYYY-MM-DDTHH`` or a day ``YYYY-MM-DD`` (its first hour)."""
-    stripped = text.strip()
-    for pattern, form in ((_HOUR, "%Y-%m-%dT%H"), (_DAY, "%Y-%m-%d")):
-        if not pattern.fullmatch(stripped):
-            continue
-        try:
-            return datetime.strptime(stripped, form)
-        except ValueError:
-            break  # the right shape, but no such date or hour (2026-02-30, T24)
-    raise ValueError(
-        f"{text!r} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD (digits 0-9)"
-    )
-
-
-MAX_PAST_HOURS = 35 * 24 - 1  # Stripe accepts timestamps up to 35 days old
-
-
-def check_reportable_hour(label: str, now: datetime) -> datetime:
-    """Parse an hour and refuse one in the future or beyond Stripe's 35-day window."""
-    hour = parse_hour(label)
-    if hour > hour_start(now):
-        raise ValueError(f"hour {label} is in the future (now is {format_hour(now)} UTC)")
-    if hour < hour_start(now) - timedelta(hours=MAX_PAST_HOURS):
-        raise ValueError(f"hour {label} is older than Stripe's 35-day window for meter events")
-    return hour
-
-
-def _bounded(readable: str, *parts: str) -> str:
-    if len(readable) <= MAX_IDENTIFIER:
-        return readable
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
-    return f"sm-{digest}"
-
-
-def hourly_identifier(organization_id: str, event_name: str, hour: datetime) -> str:
-    """The identifier of an hourly report: fixed by (organization, event name, UTC hour)."""
-    label = format_hour(hour)
-    return _bounded(
-        f"{event_name}-{organization_id}-{label}", "hourly", event_name, organization_id, label
-    )
-
-
-def on_demand_identifier(organization_id: str, event_name: str, request_id: str) -> str:
-    """The identifier of a report asked for by ``enqueue_sensor_report``: one per request."""
-    return _bounded(
-        f"{event_name}-{organization_id}-r{request_id}",
-        "request",
-        event_name,
-        organization_id,
-        request_id,
-    )
-
-
-def customer_hourly_identifier(customer: str, event_name: str, hour: datetime) -> str:
-    """The identifier of a shared customer's hourly event: fixed by (customer, event, hour).
-
-    ``+`` is in neither an organization id nor an event name, so it can never equal an
-    organization's identifier.
-    """
-    label = format_hour(hour)
-    return _bounded(
-        f"{event_name}+{customer}-{label}", "customer-hourly", event_name, customer, label
-    )
-
-
-def customer_request_identifier(customer: str, event_name: str, request_id: str) -> str:
-    """The identifier of a shared customer's on-demand or period-close event."""
-    return _bounded(
-        f"{event_name}+{customer}-r{request_id}",
-        "customer-request",
-        event_name,
-        customer,
-        request_id,
-    )
+from ..defaults import ERROR_LIMIT
+from ..logs import scrub
+from ..meters.base import MeterEvent, Outcome, SendResult
+from ..models import MeterReport, tuples, utcnow
 
 
 @dataclass(frozen=True)
@@ -346,7 +213,7 @@ def apply_attempt(row: LedgerRow, result: SendResult, *, final_attempt: bool, no
         row.status = MeterReport.FAILED if final_attempt else MeterReport.PENDING
     if result.error and not result.outcome.delivered:
         # An error text may quote a key or a URL with a password: never store those.
-        row.last_error = scrub(result.error)[:_ERROR_LIMIT]
+        row.last_error = scrub(result.error)[:ERROR_LIMIT]
     if result.request_id:
         row.stripe_request_id = result.request_id
     return str(row.status)

@@ -32,7 +32,8 @@ from typing import Protocol
 import redis
 import structlog
 
-from .meter import SendResult, classify_error
+from ..keys import LimiterKeys
+from .base import SendResult, classify_error
 
 log = structlog.get_logger("sensormeter.ratelimit")
 
@@ -54,29 +55,6 @@ THROTTLE_RETRIES = 3  # tries of a 429'd event inside the same job, after the fi
 THROTTLE_PAUSE = 0.2  # seconds before the first such try (doubling, jittered to 50-100%)
 _STATE_TTL = 600  # seconds: the state hash outlives RELEASE_AFTER, then Redis forgets it
 _BUCKET_TTL = 10
-
-KEY_PREFIX = "sensormeter:ratelimit"
-
-
-@dataclass(frozen=True)
-class LimiterKeys:
-    """The Redis keys of one shared limit (one per Stripe mode and transport)."""
-
-    scope: str  # e.g. "live:v1"
-
-    @property
-    def state(self) -> str:
-        """Hash: the adaptive rate, the last decrease and the last recovery step."""
-        return f"{KEY_PREFIX}:{self.scope}:state"
-
-    @property
-    def schedule(self) -> str:
-        """String: the GCRA's theoretical arrival time (Redis clock, milliseconds)."""
-        return f"{KEY_PREFIX}:{self.scope}:tat"
-
-    def accepted(self, bucket: int) -> str:
-        """Counter: events Stripe answered (without a 429) in one BUCKET_SECONDS bucket."""
-        return f"{KEY_PREFIX}:{self.scope}:accepted:{bucket}"
 
 
 @dataclass(frozen=True)
@@ -286,9 +264,7 @@ class AdaptiveRateLimiter:
         first = _bucket(end - ACCEPTED_WINDOW)
         accepted = self.store.accepted_in(first, _bucket(end)) / (end - first * BUCKET_SECONDS)
         rate = decreased_rate(previous, accepted, self.ceiling)
-        after, _ = self.store.update(
-            lambda s: replace(s, rate=rate) if s.cut_at == now else None
-        )
+        after, _ = self.store.update(lambda s: replace(s, rate=rate) if s.cut_at == now else None)
         with self._lock:
             self._state, self._synced_at = after, end
         log.warning(
@@ -403,8 +379,11 @@ class RedisLimiterStore:
                         pipe.delete(key)
                     else:
                         values = (new.rate, new.cut_at, new.grown_at)
-                        items = [x for f, v in zip(self._FIELDS, values, strict=True)
-                                 for x in (f, "" if v is None else repr(v))]
+                        items = [
+                            x
+                            for f, v in zip(self._FIELDS, values, strict=True)
+                            for x in (f, "" if v is None else repr(v))
+                        ]
                         pipe.hset(key, items=items)
                         pipe.expire(key, _STATE_TTL)
                     pipe.execute()

@@ -13,9 +13,9 @@ import click
 import peewee
 import redis
 
-from .errors import ConfigurationError, SensormeterError
-from .logs import configure_logging
-from .settings import ASCII_INTEGER, ASCII_NUMBER, Settings, redact_url
+from ..errors import ConfigurationError, SensormeterError
+from ..logs import configure_logging
+from ..settings import ASCII_INTEGER, ASCII_NUMBER, Settings, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,7 +94,7 @@ def load_settings() -> Settings:
 
 def connect_redis(settings: Settings) -> redis.Redis:
     """A checked Redis connection (one clear error when Redis does not answer)."""
-    from .runtime import check_redis, make_redis
+    from ..runtime import check_redis, make_redis
 
     connection = make_redis(settings.redis_url)
     check_redis(connection, settings.redis_url)
@@ -115,8 +115,8 @@ def main() -> None:
 @friendly_errors
 def init_db() -> None:
     """Create the missing tables and migrate existing ones in place (safe to run again)."""
-    from .migrations import MIGRATIONS, applied_versions
-    from .models import MeterReport, create_tables, open_database
+    from ..migrations import MIGRATIONS, applied_versions
+    from ..models import MeterReport, create_tables, open_database
 
     settings = load_settings()
     database = open_database(settings.database_url)
@@ -140,8 +140,8 @@ def init_db() -> None:
 @friendly_errors
 def report(organization_id: str) -> None:
     """Queue a report of ORGANIZATION_ID's count now (coalesced with one already waiting)."""
-    from .jobs import enqueue_sensor_report
-    from .ledger import validate_organization_id
+    from ..ledger import validate_organization_id
+    from ..tasks.report import enqueue_sensor_report
 
     validate_organization_id(organization_id)
     settings = load_settings()
@@ -156,9 +156,9 @@ def report(organization_id: str) -> None:
 @friendly_errors
 def report_all(hour: str | None) -> None:
     """Queue the fan-out that reports every billable organization now."""
-    from .jobs import enqueue_fanout
-    from .ledger import check_reportable_hour
-    from .models import utcnow
+    from ..hours import check_reportable_hour
+    from ..models import utcnow
+    from ..tasks.fanout import enqueue_fanout
 
     if hour is not None:
         try:
@@ -183,8 +183,8 @@ def report_all(hour: str | None) -> None:
 @friendly_errors
 def worker(workers: int, burst: bool) -> None:
     """Run RQ workers (HerokuWorker) on the reporting queue."""
-    from .runtime import Runtime
-    from .worker import run_workers
+    from ..runtime import Runtime
+    from ..tasks.worker import run_workers
 
     settings = load_settings()
     settings.require_stripe_key()
@@ -206,7 +206,7 @@ def worker(workers: int, burst: bool) -> None:
 @friendly_errors
 def scheduler(burst: bool, interval: int) -> None:
     """Register the scheduled jobs (hourly at minute 0 UTC), catch up, then run rq-scheduler."""
-    from .schedule import ReportingScheduler, use_utc_clock
+    from ..tasks.schedule import ReportingScheduler, use_utc_clock
 
     use_utc_clock()
     # rq-scheduler's crontab dependency warns about its own future defaults on every start.
@@ -222,12 +222,12 @@ def scheduler(burst: bool, interval: int) -> None:
 @friendly_errors
 def status() -> None:
     """Summarize the ledger, the queue and the schedule."""
-    from . import ledger
-    from .jobs import make_queue
-    from .models import MeterReport, open_database
-    from .schedule import make_scheduler, scheduled_run_time
-    from .skipped import skipped_ids
-    from .worker import pending_work
+    from .. import ledger
+    from ..models import MeterReport, open_database
+    from ..tasks.queue import make_queue
+    from ..tasks.schedule import make_scheduler, scheduled_run_time
+    from ..tasks.skipped import skipped_ids
+    from ..tasks.worker import pending_work
 
     settings = load_settings()
     database = open_database(settings.database_url, create=False)
@@ -271,8 +271,8 @@ def status() -> None:
 
 def _echo_stale_pending(settings: Settings, limit: int) -> None:
     """List pending rows no job will finish (the sweep resends them every 10 minutes)."""
-    from .models import MeterReport, utcnow
-    from .recovery import stale_after
+    from ..models import MeterReport, utcnow
+    from ..tasks.recovery import stale_after
 
     cutoff = utcnow() - stale_after(settings)
     rows = MeterReport.select().where(
@@ -295,7 +295,7 @@ def _echo_stale_pending(settings: Settings, limit: int) -> None:
 
 def _echo_shared_customers(settings: Settings, database: peewee.Database) -> None:
     """Warn of Stripe customers with several billable subscriptions (see docs/integrating.md)."""
-    from .usage import load_usage_source
+    from ..usage import load_usage_source
 
     several = getattr(
         load_usage_source(settings, database), "customers_with_several_subscriptions", None
@@ -313,8 +313,8 @@ def _echo_shared_customers(settings: Settings, database: peewee.Database) -> Non
 
 def _echo_late_closes(settings: Settings, limit: int) -> None:
     """List closing reports Stripe got after it finalized the invoice, or not at all."""
-    from .models import MeterReport, utcnow
-    from .period_close import late_closes
+    from ..models import MeterReport, utcnow
+    from ..tasks.period_close import late_closes
 
     grace = settings.invoice_grace_hours
     late = late_closes(MeterReport._meta.database, grace, utcnow())
@@ -344,7 +344,7 @@ def _echo_late_closes(settings: Settings, limit: int) -> None:
 @friendly_errors
 def failed(limit: int, rejected: bool) -> None:
     """List reports whose retries ran out (or, with --rejected, refused), with the reason."""
-    from .models import MeterReport, open_database
+    from ..models import MeterReport, open_database
 
     settings = load_settings()
     open_database(settings.database_url, create=False)
@@ -372,10 +372,11 @@ def failed(limit: int, rejected: bool) -> None:
 @friendly_errors
 def reconcile(since: str | None, until: str | None, org: str | None) -> None:
     """Compare the ledger with Stripe's hourly meter summaries; exit 1 on any mismatch."""
-    from .ledger import format_hour, validate_organization_id
-    from .models import open_database, utcnow
-    from .reconcile import HOUR, window
-    from .reconcile import reconcile as run_reconcile
+    from ..hours import format_hour
+    from ..ledger import validate_organization_id
+    from ..models import open_database, utcnow
+    from ..reconcile import HOUR, window
+    from ..reconcile import reconcile as run_reconcile
 
     start, end = window(since, until, utcnow())
     if org is not None:
@@ -403,9 +404,9 @@ def reconcile(since: str | None, until: str | None, org: str | None) -> None:
 @friendly_errors
 def retry_failed(org: str | None, include_stale_pending: bool) -> None:
     """Queue failed reports to be sent again with their own identifier and value."""
-    from . import ledger
-    from .models import open_database, utcnow
-    from .recovery import enqueue_resend, stale_after
+    from .. import ledger
+    from ..models import open_database, utcnow
+    from ..tasks.recovery import enqueue_resend, stale_after
 
     if org is not None:
         ledger.validate_organization_id(org)
@@ -429,18 +430,19 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
     The same search as the scheduler's catch-up: only billable organizations, never before
     the first hour sensormeter reported for an organization, within Stripe's 35 days.
     """
-    from . import ledger
-    from .catchup import backfill_window, iter_gaps
-    from .models import utcnow
-    from .reporter import Reporter
-    from .runtime import Runtime
+    from .. import ledger
+    from ..hours import format_hour, hour_start, parse_hour_option
+    from ..models import utcnow
+    from ..reporter import Reporter
+    from ..runtime import Runtime
+    from ..tasks.catchup import backfill_window, iter_gaps
 
     if org is not None:
         ledger.validate_organization_id(org)
     now = utcnow()
     try:
-        first = ledger.parse_hour_option(since)
-        last = ledger.parse_hour_option(until) if until else ledger.hour_start(now)
+        first = parse_hour_option(since)
+        last = parse_hour_option(until) if until else hour_start(now)
         hours = backfill_window(first, last, now)
     except ValueError as exc:
         raise BadArgument(str(exc), param_hint="--since/--until") from None
@@ -455,7 +457,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
         total = sum(len(orgs) for _, orgs in plan)
         click.echo(
             f"{total} missing hourly report(s) in {len(hours)} hour(s) "
-            f"{ledger.format_hour(hours[0])}..{ledger.format_hour(hours[-1])} UTC",
+            f"{format_hour(hours[0])}..{format_hour(hours[-1])} UTC",
             err=True,
         )
         if dry_run:
@@ -498,7 +500,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
 )
 def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: float) -> None:
     """Run the bundled Stripe meter emulator (for development and tests only)."""
-    from .emulator import serve
+    from ..emulator import serve
 
     serve(host, port, rate_limit=rate_limit, latency=latency)
 
@@ -506,7 +508,7 @@ def stripe_emulator(host: str, port: int, rate_limit: float | None, latency: flo
 @main.command("demo")
 @click.option("-n", "--workers", default=5, show_default=True, type=WholeNumber(1, 16))
 @friendly_errors
-def demo(workers: int) -> None:
+def demo_command(workers: int) -> None:
     """Seed demo data, run the Procfile's workers and scheduler once, show what was reported."""
     from .demo import run_demo
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import redis
 import structlog
 
+from ..keys import skipped_key
+
 log = structlog.get_logger("sensormeter.skipped")
 
 SKIPPED_TTL_SECONDS = 2 * 24 * 3600
@@ -48,11 +50,6 @@ end
 redis.call('expire', key, ttl)
 return #kept
 """
-
-
-def skipped_key(queue_name: str) -> str:
-    """The Redis hash of one queue's skipped organization ids."""
-    return f"sensormeter:{queue_name}:skipped-ids"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,12 @@ import structlog
 from rq.job import Job
 from rq_scheduler import Scheduler
 
-from .jobs import JSONJob, report_all_sensor_counts
-from .settings import Settings
+from ..settings import Settings
+from .catchup import enqueue_catch_up
+from .fanout import report_all_sensor_counts
+from .period_close import close_periods
+from .queue import JSONJob
+from .recovery import sweep_stale_reports
 
 log = structlog.get_logger("sensormeter.schedule")
 
@@ -56,8 +60,6 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
     def start(self) -> None:
         """Register every scheduled job and queue a catch-up that includes the current hour."""
         register_all(self, self.settings.queue_name)
-        from .catchup import enqueue_catch_up
-
         enqueue_catch_up(self.settings, self.connection, include_current=True)
 
     def enqueue_jobs(self) -> Any:
@@ -89,9 +91,7 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
                         log.info(
                             "scheduler.started",
                             queue=self.settings.queue_name,
-                            next_hourly_run=str(
-                                scheduled_run_time(self, self.settings.queue_name)
-                            ),
+                            next_hourly_run=str(scheduled_run_time(self, self.settings.queue_name)),
                         )
                     self.heartbeat()
                     if self.acquire_lock():
@@ -168,8 +168,6 @@ def sweep_job_id(queue_name: str) -> str:
 
 def register_sweep_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
     """Every 10 minutes, resend pending rows whose job was lost; safe to call on every start."""
-    from .recovery import sweep_stale_reports
-
     queue_name = queue_name or scheduler.queue_name
     return _register(
         scheduler,
@@ -197,8 +195,6 @@ def close_job_id(queue_name: str) -> str:
 
 def register_close_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
     """Every minute, queue reports for billing periods about to end; safe on every start."""
-    from .period_close import close_periods
-
     queue_name = queue_name or scheduler.queue_name
     return _register(
         scheduler,

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from .emulator import StripeEmulator
-from .models import MeterReport, Organization, Sensor, Subscription, create_tables, utcnow
-from .runtime import Runtime, check_redis, make_redis
-from .settings import Settings
+from ..emulator import StripeEmulator
+from ..models import MeterReport, Organization, Sensor, Subscription, create_tables, utcnow
+from ..runtime import Runtime, check_redis, make_redis
+from ..settings import Settings
 
 # (id, name, subscription status, Stripe customer, active sensors, inactive, deleted)
 DEMO_ORGANIZATIONS = [
@@ -83,8 +83,8 @@ def _env(settings: Settings) -> dict[str, str]:
 
 def run_demo(base: Settings, echo: Callable[[str], None], workers: int = 5) -> int:
     """Run the whole pipeline once on embedded defaults and print what Stripe received."""
-    from .jobs import enqueue_fanout
-    from .schedule import hourly_job_id, make_scheduler, scheduled_run_time
+    from ..tasks.fanout import enqueue_fanout
+    from ..tasks.schedule import hourly_job_id, make_scheduler, scheduled_run_time
 
     with StripeEmulator() as emulator:
         settings = demo_settings(base, emulator.base_url)

@@ -1,0 +1,62 @@
+"""Opening a database from a URL, and the helpers every table module shares."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import peewee
+
+from .errors import ConfigurationError
+from .settings import redact_url, split_url
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime, the form every column stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class BaseModel(peewee.Model):
+    """Models are unbound: :func:`open_database` binds them to one database per process."""
+
+
+def tuples(query: Any) -> list[tuple[Any, ...]]:
+    """Run a select and return its rows as plain tuples (typed loosely: peewee's stubs can't)."""
+    return [tuple(row) for row in query.tuples()]
+
+
+def make_database(url: str) -> peewee.Database:
+    """Build (without connecting) a peewee database for ``sqlite:///...`` or ``postgresql://...``."""
+    parts = split_url(url, "DATABASE_URL")
+    options: dict[str, Any] = dict(parse_qsl(parts.query))
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
+        if parts.netloc:
+            # sqlite://relative.db is a common slip for sqlite:///relative.db.
+            path = parts.netloc + parts.path
+        if not path:
+            raise ConfigurationError("DATABASE_URL", "sqlite URL needs a path: sqlite:///file.db")
+        # WAL plus a busy timeout lets five worker processes write one SQLite file safely.
+        return peewee.SqliteDatabase(
+            path,
+            pragmas={"journal_mode": "wal", "busy_timeout": 30_000, "foreign_keys": 1},
+            timeout=30,
+        )
+    if parts.scheme in ("postgres", "postgresql"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "DATABASE_URL",
+                "PostgreSQL needs a driver: pip install 'sensormeter[postgres]'",
+            ) from None
+        return peewee.PostgresqlDatabase(
+            unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname,
+            port=parts.port,
+            **options,
+        )
+    raise ConfigurationError("DATABASE_URL", f"unsupported scheme in {redact_url(url)!r}")

@@ -1,0 +1,51 @@
+"""The ledger: one ``meter_reports`` row per report, the billing audit trail.
+
+Identifiers (``identifiers.py``) are fixed before the first attempt; rows (``rows.py``) are
+created pending and record every attempt's outcome.
+"""
+
+from __future__ import annotations
+
+from .identifiers import (
+    customer_hourly_identifier,
+    customer_request_identifier,
+    hourly_identifier,
+    on_demand_identifier,
+    organization_id_problem,
+    validate_organization_id,
+)
+from .rows import (
+    LedgerRow,
+    NewReport,
+    apply_attempt,
+    create_pending,
+    event_for,
+    event_key,
+    find,
+    find_by_event,
+    find_by_ids,
+    ids_to_resend,
+    record_attempts,
+    summary,
+)
+
+__all__ = [
+    "LedgerRow",
+    "NewReport",
+    "apply_attempt",
+    "create_pending",
+    "customer_hourly_identifier",
+    "customer_request_identifier",
+    "event_for",
+    "event_key",
+    "find",
+    "find_by_event",
+    "find_by_ids",
+    "hourly_identifier",
+    "ids_to_resend",
+    "on_demand_identifier",
+    "organization_id_problem",
+    "record_attempts",
+    "summary",
+    "validate_organization_id",
+]

@@ -1,0 +1,218 @@
+"""Catch-up: hours with no delivered hourly report are reported with the count as it was then.
+
+Workers down for a while, a fan-out that failed, Redis losing its queued jobs: each leaves
+hours with no hourly ledger row for some organizations. The scheduler queues a catch-up when
+it starts (or finds its registrations gone) and the hourly fan-out queues one every hour; it
+looks back ``SENSORMETER_CATCHUP_HOURS`` (never beyond Stripe's 35 days) and never before the
+first hour sensormeter reported for an organization, so a first deployment bills no history.
+``sensormeter backfill`` runs the same search on demand.
+
+An hour counts as covered when its row is sent, rejected (Stripe's answer is final) or
+pending and touched recently enough that a live job may still own it; a failed row, and a
+pending row older than any job and its retries can keep it (``recovery.stale_after``), are
+sent again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+import redis
+import structlog
+from rq import Queue
+
+from ..defaults import CATCHUP_TIMEOUT_SECONDS, ENQUEUE_BATCH
+from ..hours import check_reportable_hour, format_hour, hour_start
+from ..models import MeterReport, tuples, utcnow
+from ..runtime import get_runtime
+from ..settings import Settings
+from ..usage import UsageSource, iter_billable_chunks
+from .queue import enqueue_batch, job_options, make_queue
+from .recovery import stale_after
+from .report import process_meter_report
+
+log = structlog.get_logger("sensormeter.catchup")
+
+DONE = (MeterReport.SENT, MeterReport.REJECTED)
+
+
+def hours_between(first: datetime, last: datetime) -> list[datetime]:
+    """Every UTC hour from ``first`` to ``last``, both included."""
+    hours, hour = [], hour_start(first)
+    while hour <= last:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+def catchup_window(settings: Settings, now: datetime, *, include_current: bool) -> list[datetime]:
+    """The hours catch-up looks at: the last ``catchup_hours``, the current one optionally."""
+    current = hour_start(now)
+    last = current if include_current else current - timedelta(hours=1)
+    first = current - timedelta(hours=settings.catchup_hours)
+    return hours_between(first, last) if settings.catchup_hours else []
+
+
+def _as_datetime(value: Any) -> datetime:
+    # SQLite hands aggregates back as text; PostgreSQL as datetimes.
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def find_gaps(
+    event_name: str,
+    organization_ids: Sequence[str],
+    hours: Sequence[datetime],
+    stale_before: datetime | None = None,
+) -> dict[datetime, list[str]]:
+    """Hours (among ``hours``) each organization lacks a covered hourly report for.
+
+    A pending row covers its hour only while it was updated at or after ``stale_before``
+    (always, when None). One aggregate query for the chunk; only organizations it shows
+    incomplete are read in detail. An organization with no hourly row at all is never
+    caught up (first deployment).
+    """
+    if not organization_ids or not hours:
+        return {}
+    first, last = hours[0], hours[-1]
+    org = MeterReport.organization_id
+    hourly = (
+        (MeterReport.kind == MeterReport.HOURLY)
+        & (MeterReport.event_name == event_name)
+        & org.in_(list(organization_ids))
+    )
+    in_window = hourly & (MeterReport.period_hour >= first) & (MeterReport.period_hour <= last)
+    live = MeterReport.status == MeterReport.PENDING
+    if stale_before is not None:
+        live &= MeterReport.updated_at >= stale_before
+    is_covered = MeterReport.status.in_(DONE) | live
+    covered = peewee.Case(None, [(is_covered, 1)], 0)
+    summary = tuples(
+        MeterReport.select(org, peewee.fn.MIN(MeterReport.period_hour), peewee.fn.SUM(covered))
+        .where(in_window)
+        .group_by(org)
+    )
+    complete = {
+        o for o, earliest, n in summary if _as_datetime(earliest) == first and n == len(hours)
+    }
+    suspects = [o for o in organization_ids if o not in complete]
+    if not suspects:
+        return {}
+    seen: dict[str, dict[datetime, bool]] = defaultdict(dict)
+    for o, hour, done in tuples(
+        MeterReport.select(org, MeterReport.period_hour, covered).where(
+            in_window & org.in_(suspects)
+        )
+    ):
+        seen[o][_as_datetime(hour)] = bool(done)
+    earlier = {
+        o
+        for (o,) in tuples(
+            MeterReport.select(org)
+            .where(hourly & org.in_(suspects) & (MeterReport.period_hour < first))
+            .group_by(org)
+        )
+    }
+    gaps: dict[datetime, list[str]] = defaultdict(list)
+    for o in suspects:
+        if o in earlier:
+            floor = first
+        elif seen[o]:
+            floor = min(seen[o])  # the first hour sensormeter reported for it
+        else:
+            continue  # never reported: a first deployment does not bill history
+        for hour in hours:
+            if hour >= floor and not seen[o].get(hour):
+                gaps[hour].append(o)
+    return dict(gaps)
+
+
+def iter_gaps(
+    source: UsageSource,
+    settings: Settings,
+    hours: Sequence[datetime],
+    organization_ids: Sequence[str] | None = None,
+) -> Iterator[tuple[str, list[str]]]:
+    """Yield (hour label, organizations) to report, chunk by chunk of billable organizations."""
+    if organization_ids is not None:
+        customers = source.billable_customers(list(organization_ids))
+        chunks: Iterator[list[str]] = iter(
+            [[o for o in organization_ids if o in customers]] if customers else []
+        )
+    else:
+        chunks = iter_billable_chunks(source, settings.chunk_size)
+    stale_before = utcnow() - stale_after(settings)
+    for chunk in chunks:
+        gaps = find_gaps(settings.meter_event_name, chunk, hours, stale_before)
+        for hour in sorted(gaps):
+            yield format_hour(hour), gaps[hour]
+
+
+def catch_up(include_current: bool = False) -> dict[str, Any]:
+    """RQ job: queue a report job for every (hour, chunk) that lacks delivered reports."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    hours = catchup_window(settings, utcnow(), include_current=include_current)
+    queue = make_queue(settings, runtime.redis)
+    batch: list[Any] = []
+    jobs = reports = 0
+
+    def flush() -> None:
+        enqueue_batch(queue, batch)
+        batch.clear()
+
+    with runtime.database.connection_context():
+        for label, orgs in iter_gaps(runtime.source, settings, hours):
+            batch.append(
+                Queue.prepare_data(
+                    process_meter_report,
+                    args=(orgs,),
+                    kwargs={"hour": label},
+                    job_id=f"catchup-{label.replace(':', '')}-{uuid.uuid4().hex[:12]}",
+                    description=f"catch-up {label}, {len(orgs)} organizations",
+                    **job_options(settings, "timeout"),
+                )
+            )
+            jobs += 1
+            reports += len(orgs)
+            log.warning("catchup.missing_hour", hour=label, organizations=len(orgs))
+            if len(batch) >= ENQUEUE_BATCH:
+                flush()
+    if batch:
+        flush()
+    window = f"{format_hour(hours[0])}..{format_hour(hours[-1])}" if hours else ""
+    log.info("catchup.completed", window=window, jobs=jobs, reports=reports)
+    return {"window": window, "jobs": jobs, "reports": reports}
+
+
+def enqueue_catch_up(
+    settings: Settings, connection: redis.Redis, *, include_current: bool
+) -> str | None:
+    """Queue a catch-up job (None when catch-up is turned off); returns its job id."""
+    if not settings.catchup_hours:
+        return None
+    options = job_options(settings)
+    # It scans the ledger of the whole fleet over the window (docs/performance.md: 56 s for
+    # 1,000,000 organizations when nothing is missing; gaps spread widely cost about 4x).
+    options["job_timeout"] = max(settings.job_timeout_seconds, CATCHUP_TIMEOUT_SECONDS)
+    job = make_queue(settings, connection).enqueue(
+        catch_up,
+        include_current=include_current,
+        job_id=f"catchup-{uuid.uuid4().hex}",
+        description="catch up hours without delivered hourly reports",
+        **options,
+    )
+    return str(job.id)
+
+
+def backfill_window(since: datetime, until: datetime, now: datetime) -> list[datetime]:
+    """Hours for ``backfill``: since..until, refusing the future and Stripe's 35-day limit."""
+    check_reportable_hour(format_hour(since), now)
+    check_reportable_hour(format_hour(until), now)
+    if since > until:
+        raise ValueError(f"--since {format_hour(since)} is after --until {format_hour(until)}")
+    return hours_between(since, until)

@@ -6,17 +6,17 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
-from .hours import parse_hour
 from .ledger import LedgerRow, NewReport
 from .meters.base import MeterClient, MeterEvent, SendResult, classify_error
 from .models import MeterReport, utcnow
+from .report import Report
 from .usage import UsageSource
 
 log = structlog.get_logger("sensormeter.reporter")
@@ -87,20 +87,9 @@ class Reporter:
         self.meter = meter
         self.event_name = event_name
 
-    def identifiers(
-        self, organization_ids: Sequence[str], hour: str | None, request_id: str | None
-    ) -> dict[str, str]:
+    def identifiers(self, organization_ids: Sequence[str], report: Report) -> dict[str, str]:
         """Each organization's identifier for this report (fixed before any attempt)."""
-        if hour is not None:
-            period = parse_hour(hour)
-            return {
-                o: ledger.hourly_identifier(o, self.event_name, period) for o in organization_ids
-            }
-        if request_id is None:
-            raise ValueError("a report needs an hour (hourly) or a request id (on demand)")
-        return {
-            o: ledger.on_demand_identifier(o, self.event_name, request_id) for o in organization_ids
-        }
+        return {o: report.identifier(o, self.event_name) for o in organization_ids}
 
     def _count(
         self, organization_ids: list[str], deadline: datetime | None
@@ -119,15 +108,6 @@ class Reporter:
                 return deadline, historical(organization_ids, deadline)
             return deadline, self.source.count_active_sensors(organization_ids)
         return now, self.source.count_active_sensors(organization_ids)
-
-    def event_identifier(self, customer: str, hour: str | None, request_id: str | None) -> str:
-        """The identifier of a shared customer's event for this report."""
-        if hour is not None:
-            period = parse_hour(hour)
-            return ledger.customer_hourly_identifier(customer, self.event_name, period)
-        if request_id is None:
-            raise ValueError("a report needs an hour (hourly) or a request id (on demand)")
-        return ledger.customer_request_identifier(customer, self.event_name, request_id)
 
     def _customers(self, organization_ids: list[str], result: ChunkResult) -> dict[str, str]:
         """The billable organizations' customers; the others go to ``result.skipped``."""
@@ -167,11 +147,8 @@ class Reporter:
         self,
         database: Any,
         organization_ids: Sequence[str],
-        hour: str | None,
-        request_id: str | None,
-        job_id: str | None,
-        deadline: datetime | None = None,
-        kind: str | None = None,
+        report: Report,
+        job_id: str | None = None,
     ) -> tuple[dict[str, LedgerRow], ChunkResult]:
         """Create pending rows for organizations not yet in the ledger; return all their rows.
 
@@ -179,37 +156,32 @@ class Reporter:
         organizations along: their rows are created together, as parts of one event whose
         value is the sum of their counts.
         """
-        if hour is not None:
-            deadline = parse_hour(hour) + timedelta(hours=1) - timedelta(seconds=1)
-            kind = MeterReport.HOURLY
-        kind = kind or MeterReport.ON_DEMAND
         result = ChunkResult()
-        identifiers = self.identifiers(organization_ids, hour, request_id)
+        identifiers = self.identifiers(organization_ids, report)
         rows = ledger.find(list(identifiers.values()))
         missing = [o for o in organization_ids if identifiers[o] not in rows]
         if missing:
             customers = self._customers(missing, result)
             members = self._members(customers)
             others = [o for group in members.values() for o in group if o not in identifiers]
-            identifiers.update(self.identifiers(others, hour, request_id))
+            identifiers.update(self.identifiers(others, report))
             rows.update(ledger.find([identifiers[o] for o in others]))
             todo = [o for group in members.values() for o in group if identifiers[o] not in rows]
-            measured_at, counts = self._count(todo, deadline)
+            measured_at, counts = self._count(todo, report.deadline)
             for org in todo:
                 problem = _count_problem(counts.get(org, 0))
                 if problem:
                     # A host's source gave something no meter may be sent: log it, bill nothing.
                     result.skipped[org] = problem
-            period = parse_hour(hour) if hour is not None else None
             reports: list[NewReport] = []
             for customer, group in members.items():
                 fresh = [o for o in group if o in todo and o not in result.skipped]
                 if not fresh:
                     continue
-                base = NewReport("", "", customer, 0, measured_at, kind, period)
+                base = NewReport("", "", customer, 0, measured_at, report.kind, report.hour)
                 if len(group) > 1:
                     base = self._shared_event(
-                        base, group, identifiers, rows, counts, result, hour, request_id
+                        base, group, identifiers, rows, counts, result, report
                     )
                 reports.extend(
                     replace(
@@ -230,8 +202,7 @@ class Reporter:
         rows: dict[str, LedgerRow],
         counts: dict[str, int],
         result: ChunkResult,
-        hour: str | None,
-        request_id: str | None,
+        report: Report,
     ) -> NewReport:
         """The event a shared customer's new rows join: one already fixed, or a new one."""
         earlier = sorted(
@@ -254,7 +225,7 @@ class Reporter:
         total = sum(counts.get(o, 0) for o in group if o not in result.skipped)
         return replace(
             base,
-            event_identifier=self.event_identifier(base.customer, hour, request_id),
+            event_identifier=report.customer_identifier(base.customer, self.event_name),
             event_value=total,
         )
 
@@ -262,23 +233,18 @@ class Reporter:
         self,
         database: Any,
         organization_ids: Sequence[str],
+        report: Report,
         *,
-        hour: str | None = None,
-        request_id: str | None = None,
         job_id: str | None = None,
         final_attempt: bool = True,
-        deadline: datetime | None = None,
-        kind: str | None = None,
     ) -> ChunkResult:
         """Report every organization of the chunk once; the result says what is left to retry.
 
-        ``deadline`` (naive UTC) is the last moment the report may stand for; hourly reports
-        get their hour's last second.
+        A run after the report's deadline (a late hourly job, a period already over) is
+        stamped at the deadline, with the count as of then (see :meth:`_count`).
         """
         started = time.perf_counter()
-        rows, result = self.prepare(
-            database, organization_ids, hour, request_id, job_id, deadline, kind
-        )
+        rows, result = self.prepare(database, organization_ids, report, job_id)
         for org, reason in result.skipped.items():
             log.info("report.skipped", organization_id=org, reason=reason, job_id=job_id)
         self.send_rows(database, rows, result, job_id=job_id, final_attempt=final_attempt)

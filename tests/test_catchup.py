@@ -12,6 +12,7 @@ from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
 from sensormeter.hours import format_hour, hour_start
 from sensormeter.models import MeterReport, Sensor, utcnow
+from sensormeter.report import Report
 from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
 from sensormeter.tasks.catchup import catch_up, catchup_window, find_gaps
@@ -36,7 +37,7 @@ def add_sensor(org: str, created: datetime, deleted: datetime | None = None) -> 
 def report_hour(rt: Runtime, orgs: list[str], hour: datetime) -> None:
     """What an hourly run for ``hour`` leaves in the ledger (and in the emulator)."""
     reporter = Reporter(rt.source, rt.meter, rt.settings.meter_event_name)
-    reporter.run(rt.database, orgs, hour=format_hour(hour))
+    reporter.run(rt.database, orgs, Report.hourly(hour))
 
 
 def ledger_row(org: str, hour: datetime, status: str) -> None:

@@ -18,6 +18,7 @@ from sensormeter.errors import ReportsFailed, RetryableReportError
 from sensormeter.hours import format_hour, hour_start
 from sensormeter.meters.base import MeterEvent, SendResult
 from sensormeter.models import MeterReport, utcnow
+from sensormeter.report import Report
 from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
 from sensormeter.tasks.catchup import find_gaps
@@ -105,7 +106,7 @@ class TestAnyException:
         """No row stays pending without a reason after its attempt, whatever the client does."""
         source = InMemoryUsageSource({"a": "cus_a", "b": "cus_b"}, {"a": 1, "b": 2})
         result = Reporter(source, RaisingMeter(), "active_sensors").run(
-            database, ["a", "b"], hour=HOUR, final_attempt=False
+            database, ["a", "b"], Report.hourly(HOUR), final_attempt=False
         )
         assert result.retryable == ["a", "b"]
         rows = list(MeterReport.select())
@@ -117,7 +118,7 @@ class TestAnyException:
     ) -> None:
         """An unexpected error is retryable: after the retries it is failed, so it is resent."""
         source = InMemoryUsageSource({"a": "cus_a"}, {"a": 1})
-        Reporter(source, RaisingMeter(), "active_sensors").run(database, ["a"], hour=HOUR)
+        Reporter(source, RaisingMeter(), "active_sensors").run(database, ["a"], Report.hourly(HOUR))
         assert MeterReport.get().status == "failed"
 
 

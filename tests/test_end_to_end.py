@@ -394,7 +394,16 @@ class TestWorkerLogs:
         for secret in (LOG_TEST_KEY, LOG_TEST_KEY.removeprefix("sk_test_"), password):
             assert secret not in stderr
         lines = json_lines(stderr)
-        [chunk] = [line for line in lines if line["event"] == "job.completed"]
+        completed = [line for line in lines if line["event"] == "job.completed"]
+        # Every job writes the same envelope lines: the fan-out, its catch-up, the chunk.
+        assert {line["job"] for line in completed} == {
+            "report_all_sensor_counts",
+            "catch_up",
+            "process_meter_report",
+        }
+        started = [line for line in lines if line["event"] == "job.started"]
+        assert sorted(line["job"] for line in started) == sorted(line["job"] for line in completed)
+        [chunk] = [line for line in completed if line["job"] == "process_meter_report"]
         assert chunk["job_id"].startswith("hourly-")
         assert chunk["organizations"] == len(BILLABLE)
         assert sorted(chunk["examples"]) == sorted(BILLABLE)  # four: all are examples

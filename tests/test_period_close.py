@@ -13,6 +13,7 @@ from sensormeter.emulator import StripeEmulator
 from sensormeter.errors import ConfigurationError
 from sensormeter.hours import hour_start
 from sensormeter.models import MeterReport, Sensor, Subscription, utcnow
+from sensormeter.report import close_request_id
 from sensormeter.runtime import Runtime
 from sensormeter.settings import Settings
 from sensormeter.tasks import period_close as PC
@@ -268,7 +269,7 @@ def close_row(org: str, end: datetime, status: str) -> None:
         organization_id=org,
         event_name="active_sensors",
         value=4,
-        identifier=ledger.on_demand_identifier(org, "active_sensors", PC.close_request_id(end)),
+        identifier=ledger.on_demand_identifier(org, "active_sensors", close_request_id(end)),
         kind=MeterReport.PERIOD_CLOSE,
         stripe_customer_id=f"cus_{org}",
         measured_at=end - timedelta(seconds=1),
@@ -316,7 +317,7 @@ def test_closes_past_the_invoice_grace_are_listed(
 def test_the_period_end_is_found_from_a_digest_identifier() -> None:
     """A long id's close identifier is a digest: the end is found by matching it."""
     org, end = "o" * 64, datetime(2026, 11, 29, 5, 0, 0)
-    identifier = ledger.on_demand_identifier(org, "active_sensors", PC.close_request_id(end))
+    identifier = ledger.on_demand_identifier(org, "active_sensors", close_request_id(end))
     assert identifier.startswith("sm-")
     for stamp in (end - timedelta(seconds=1), end - timedelta(minutes=7, seconds=3)):
         assert PC.period_end_of(org, "active_sensors", identifier, stamp) == end

@@ -16,6 +16,7 @@ from sensormeter.errors import ConfigurationError, InvalidOrganizationId
 from sensormeter.hours import parse_hour, parse_hour_option
 from sensormeter.ledger import validate_organization_id
 from sensormeter.meters import InMemoryMeterClient
+from sensormeter.report import Report
 from sensormeter.reporter import Reporter
 from sensormeter.settings import _VARIABLES, ASCII_INTEGER, ASCII_NUMBER, Settings
 from sensormeter.tasks.queue import make_queue
@@ -150,7 +151,9 @@ def test_malformed_counts_never_reach_stripe(database: peewee.Database, count: o
     from sensormeter.models import MeterReport
 
     MeterReport.delete().execute()
-    result = Reporter(source, meter, "active_sensors").run(database, ["org1"], hour="2026-11-29T04")
+    result = Reporter(source, meter, "active_sensors").run(
+        database, ["org1"], Report.hourly("2026-11-29T04")
+    )
     valid = isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 10**15
     assert bool(meter.attempts) == valid
     if not valid:

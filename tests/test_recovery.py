@@ -12,6 +12,7 @@ from rq.serializers import JSONSerializer
 from sensormeter import report_all_sensor_counts
 from sensormeter.emulator import StripeEmulator
 from sensormeter.models import MeterReport, Sensor, utcnow
+from sensormeter.report import Report
 from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
 from sensormeter.tasks.queue import JSONJob, make_queue
@@ -81,7 +82,7 @@ def test_sweep_resends_pending_rows_whose_job_was_lost(
     make_org("live", active=1)
     reporter = Reporter(runtime.source, runtime.meter, runtime.settings.meter_event_name)
     # A job that wrote its rows and died before sending (SIGKILL, Redis lost its data).
-    reporter.prepare(runtime.database, ["lost", "live"], f"{utcnow():%Y-%m-%dT%H}", None, None)
+    reporter.prepare(runtime.database, ["lost", "live"], Report.hourly(f"{utcnow():%Y-%m-%dT%H}"))
     old = utcnow() - stale_after(runtime.settings) - timedelta(minutes=1)
     MeterReport.update(updated_at=old).where(MeterReport.organization_id == "lost").execute()
     assert sweep_stale_reports() == {"stale_pending": 1, "jobs": 1}

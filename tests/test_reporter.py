@@ -13,6 +13,7 @@ from sensormeter.hours import check_reportable_hour, format_hour, hour_start, pa
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.meters.base import Outcome, SendResult
 from sensormeter.models import MeterReport, Sensor, utcnow
+from sensormeter.report import Report
 from sensormeter.reporter import Reporter
 from sensormeter.settings import Settings
 from sensormeter.usage import DatabaseUsageSource
@@ -45,13 +46,11 @@ class TestHourly:
     ) -> None:
         """A billable organization's active count is sent once and the row is 'sent'."""
         make_org("a", active=3, inactive=1, deleted=1)
-        result = reporter.run(database, ["a"], hour=HOUR)
+        result = reporter.run(database, ["a"], Report.hourly(HOUR))
         assert result.outcomes == {"a": "sent"}
         [event] = meter.events
         assert (event.customer, event.value, event.event_name) == ("cus_a", 3, "active_sensors")
-        assert event.identifier == ledger.hourly_identifier(
-            "a", "active_sensors", parse_hour(HOUR)
-        )
+        assert event.identifier == ledger.hourly_identifier("a", "active_sensors", parse_hour(HOUR))
         r = row("a")
         assert (r.status, r.value, r.attempts, r.kind) == ("sent", 3, 1, "hourly")
         assert event.timestamp == int(r.measured_at.replace(tzinfo=UTC).timestamp())
@@ -61,9 +60,9 @@ class TestHourly:
     ) -> None:
         """A second run of the same hour (a job that runs twice) sends nothing new."""
         make_org("a", active=2)
-        reporter.run(database, ["a"], hour=HOUR)
+        reporter.run(database, ["a"], Report.hourly(HOUR))
         make_org("b", active=1)
-        second = reporter.run(database, ["a", "b"], hour=HOUR)
+        second = reporter.run(database, ["a", "b"], Report.hourly(HOUR))
         assert [e.customer for e in meter.events] == ["cus_a", "cus_b"]
         assert second.outcomes == {"a": "sent", "b": "sent"}
         assert MeterReport.select().count() == 2
@@ -74,7 +73,7 @@ class TestHourly:
         """Unknown, customer-less and canceled organizations are skipped with a reason."""
         make_org("nocus", customer=None, active=2)
         make_org("old", status="canceled", active=2)
-        result = reporter.run(database, ["nocus", "old", "ghost"], hour=HOUR)
+        result = reporter.run(database, ["nocus", "old", "ghost"], Report.hourly(HOUR))
         assert meter.attempts == []
         assert set(result.skipped) == {"nocus", "old", "ghost"}
         assert result.skipped["ghost"] == "unknown organization"
@@ -88,9 +87,9 @@ class TestHourly:
             make_org(f"o{i:02d}", active=1)
         ids = [f"o{i:02d}" for i in range(55)]
         with count_queries() as small:
-            reporter.prepare(database, ids[:5], HOUR, None, None)
+            reporter.prepare(database, ids[:5], Report.hourly(HOUR))
         with count_queries() as large:
-            reporter.prepare(database, ids[5:], HOUR, None, None)
+            reporter.prepare(database, ids[5:], Report.hourly(HOUR))
         assert small.selects == large.selects
 
 
@@ -101,13 +100,13 @@ class TestFailures:
         """A 429 leaves the row pending; the retry sends the same identifier and value."""
         make_org("a", active=5)
         meter.script = [SendResult(Outcome.RETRYABLE, "RateLimitError: slow down", "req_1", 429)]
-        first = reporter.run(database, ["a"], hour=HOUR, final_attempt=False)
+        first = reporter.run(database, ["a"], Report.hourly(HOUR), final_attempt=False)
         with pytest.raises(RetryableReportError):
             first.raise_for_retry()
         assert (row("a").status, row("a").last_error) == ("pending", "RateLimitError: slow down")
         make_org("b")  # the count changes between attempts: the stored value is resent
         Sensor.create(organization="a")
-        reporter.run(database, ["a"], hour=HOUR)
+        reporter.run(database, ["a"], Report.hourly(HOUR))
         assert meter.attempts[0] == meter.attempts[1]
         assert (row("a").status, row("a").attempts, row("a").value) == ("sent", 2, 5)
 
@@ -121,7 +120,7 @@ class TestFailures:
                 Outcome.DUPLICATE, "An event already exists with identifier x.", "req_2", 400
             )
         ]
-        reporter.run(database, ["a"], hour=HOUR).raise_for_retry()
+        reporter.run(database, ["a"], Report.hourly(HOUR)).raise_for_retry()
         assert (row("a").status, row("a").last_error) == ("sent", None)
 
     def test_rejection_is_permanent_and_isolated(
@@ -131,7 +130,7 @@ class TestFailures:
         make_org("a", active=1)
         make_org("b", active=2)
         meter.script = [SendResult(Outcome.REJECTED, "No such customer", "req_3", 400)]
-        result = reporter.run(database, ["a", "b"], hour=HOUR)
+        result = reporter.run(database, ["a", "b"], Report.hourly(HOUR))
         result.raise_for_retry()  # rejected is final: nothing to retry
         assert (row("a").status, row("a").last_error, row("a").stripe_request_id) == (
             "rejected",
@@ -139,7 +138,7 @@ class TestFailures:
             "req_3",
         )
         assert row("b").status == "sent"
-        reporter.run(database, ["a", "b"], hour=HOUR)
+        reporter.run(database, ["a", "b"], Report.hourly(HOUR))
         assert len(meter.attempts) == 2  # the rejected row is never retried
 
     def test_last_attempt_marks_failed(
@@ -148,7 +147,7 @@ class TestFailures:
         """When retries are spent, a transient failure leaves the row 'failed' with its reason."""
         make_org("a", active=1)
         meter.script = [SendResult(Outcome.RETRYABLE, "APIError: 503", "req_4", 503)]
-        result = reporter.run(database, ["a"], hour=HOUR, final_attempt=True)
+        result = reporter.run(database, ["a"], Report.hourly(HOUR), final_attempt=True)
         with pytest.raises(ReportsFailed, match="APIError: 503"):
             result.raise_for_retry()
         assert (row("a").status, row("a").last_error) == ("failed", "APIError: 503")
@@ -159,16 +158,20 @@ class TestFailures:
         """A failed row is sent again (same identifier) when its hour is reported again."""
         make_org("a", active=1)
         meter.script = [SendResult(Outcome.RETRYABLE, "APIConnectionError: down", None, None)]
-        reporter.run(database, ["a"], hour=HOUR, final_attempt=True)
-        reporter.run(database, ["a"], hour=HOUR)
+        reporter.run(database, ["a"], Report.hourly(HOUR), final_attempt=True)
+        reporter.run(database, ["a"], Report.hourly(HOUR))
         assert row("a").status == "sent"
         assert meter.attempts[0].identifier == meter.attempts[1].identifier
 
 
-def test_on_demand_needs_request_id(database: peewee.Database, reporter: Reporter) -> None:
-    """A report without an hour or a request id is a programming error, refused."""
+def test_a_report_needs_what_fixes_its_identifiers() -> None:
+    """A report without its hour, request id or period end is a programming error, refused."""
     with pytest.raises(ValueError, match="request id"):
-        reporter.run(database, ["a"])
+        Report.from_job(None, None)
+    with pytest.raises(ValueError, match="needs its hour"):
+        Report("hourly")
+    with pytest.raises(ValueError, match="unknown kind"):
+        Report("weekly", request_id="x")
 
 
 class TestPastHour:
@@ -193,7 +196,7 @@ class TestPastHour:
         )  # gone before the end
         Sensor.create(organization="a")  # added now, after the hour: two of them
         Sensor.create(organization="a")
-        reporter.run(database, ["a"], hour=format_hour(past))
+        reporter.run(database, ["a"], Report.hourly(past))
         [event] = meter.events
         last_second = past + timedelta(hours=1) - timedelta(seconds=1)
         assert event.value == 2

@@ -17,6 +17,7 @@ from sensormeter import ledger
 from sensormeter.hours import format_hour, hour_start, parse_hour
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.models import MeterReport, Organization, Subscription, utcnow
+from sensormeter.report import Report
 from sensormeter.reporter import Reporter
 from sensormeter.settings import Settings
 from sensormeter.usage import DatabaseUsageSource, InMemoryUsageSource
@@ -79,8 +80,8 @@ class TestInMemory:
         """Chunks holding a and b separately still send cus_x one event of 11, once."""
         meter = InMemoryMeterClient()
         reporter = Reporter(self.source(), meter, EVENT)
-        first = reporter.run(database, ["a", "c"], hour=HOUR)
-        second = reporter.run(database, ["b"], hour=HOUR)
+        first = reporter.run(database, ["a", "c"], Report.hourly(HOUR))
+        second = reporter.run(database, ["b"], Report.hourly(HOUR))
         assert first.outcomes == {"a": "sent", "b": "sent", "c": "sent"}
         assert second.outcomes == {"b": "sent"}
         assert_one_event_per_customer_hour(meter, {"cus_x": 11, "cus_c": 4}, HOUR)
@@ -100,7 +101,7 @@ class TestInMemory:
     ) -> None:
         """enqueue_sensor_report(b) sends cus_x the sum, under a customer request identifier."""
         meter = InMemoryMeterClient()
-        Reporter(self.source(), meter, EVENT).run(database, ["b"], request_id="r1")
+        Reporter(self.source(), meter, EVENT).run(database, ["b"], Report.on_demand("r1"))
         [event] = meter.events
         assert (event.customer, event.value) == ("cus_x", 11)
         assert event.identifier == ledger.customer_request_identifier("cus_x", EVENT, "r1")
@@ -112,10 +113,10 @@ class TestInMemory:
         """The hour's event of cus_x cannot change: a newcomer's row joins it as a duplicate."""
         source = self.source()
         meter = InMemoryMeterClient()
-        Reporter(source, meter, EVENT).run(database, ["a"], hour=HOUR)
+        Reporter(source, meter, EVENT).run(database, ["a"], Report.hourly(HOUR))
         source.customers["n"] = "cus_x"
         source.counts["n"] = 5
-        result = Reporter(source, meter, EVENT).run(database, ["n"], hour=HOUR)
+        result = Reporter(source, meter, EVENT).run(database, ["n"], Report.hourly(HOUR))
         assert result.outcomes == {"a": "sent", "b": "sent", "n": "sent"}
         assert_one_event_per_customer_hour(meter, {"cus_x": 11}, HOUR)
         newcomer = rows_by_org()["n"]
@@ -131,7 +132,7 @@ class TestInMemory:
 
         source = HostSource({"s": "cus_s"}, {"s": 3})
         meter = InMemoryMeterClient()
-        result = Reporter(source, meter, EVENT).run(database, ["s"], hour=HOUR)
+        result = Reporter(source, meter, EVENT).run(database, ["s"], Report.hourly(HOUR))
         assert "blank Stripe customer id" in result.skipped["s"]
         assert meter.attempts == [] and MeterReport.select().count() == 0
 
@@ -145,7 +146,7 @@ class TestInMemory:
 
         meter = InMemoryMeterClient()
         source = OldSource({"a": "cus_x", "b": "cus_x"}, {"a": 10, "b": 1})
-        Reporter(source, meter, EVENT).run(database, ["a", "b"], hour=HOUR)
+        Reporter(source, meter, EVENT).run(database, ["a", "b"], Report.hourly(HOUR))
         assert_one_event_per_customer_hour(meter, {"cus_x": 11}, HOUR)
 
 
@@ -176,7 +177,7 @@ class TestDatabaseSource:
         meter = InMemoryMeterClient()
         source = DatabaseUsageSource(database, Settings().billable_status_values)
         for chunk in (["a"], ["b", "c"], ["d"], ["a", "b", "c"]):
-            Reporter(source, meter, EVENT).run(database, chunk, hour=HOUR)
+            Reporter(source, meter, EVENT).run(database, chunk, Report.hourly(HOUR))
         assert_one_event_per_customer_hour(meter, {"cus_x": 11, "cus_c": 4}, HOUR)
         assert sorted(rows_by_org()) == ["a", "b", "c"]  # nothing for the canceled one
         assert {r.status for r in MeterReport.select()} == {"sent"}

@@ -433,6 +433,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
     from .. import ledger
     from ..hours import format_hour, hour_start, parse_hour_option
     from ..models import utcnow
+    from ..report import Report
     from ..reporter import Reporter
     from ..runtime import Runtime
     from ..tasks.catchup import backfill_window, iter_gaps
@@ -470,7 +471,9 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
             length=total, label="backfilling", file=sys.stderr, show_pos=True
         ) as bar:
             for label, orgs in plan:
-                result = reporter.run(runtime.database, orgs, hour=label, job_id="backfill")
+                result = reporter.run(
+                    runtime.database, orgs, Report.hourly(label), job_id="backfill"
+                )
                 for status in result.outcomes.values():
                     outcomes[status] = outcomes.get(status, 0) + 1
                 bar.update(len(orgs))

@@ -29,9 +29,9 @@ from rq import Queue
 from ..defaults import CATCHUP_TIMEOUT_SECONDS, ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
 from ..models import MeterReport, tuples, utcnow
-from ..runtime import get_runtime
 from ..settings import Settings
 from ..usage import UsageSource, iter_billable_chunks
+from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .recovery import stale_after
 from .report import process_meter_report
@@ -154,36 +154,38 @@ def iter_gaps(
 
 def catch_up(include_current: bool = False) -> dict[str, Any]:
     """RQ job: queue a report job for every (hour, chunk) that lacks delivered reports."""
-    runtime = get_runtime()
+    result: dict[str, Any] = run_job(
+        "catch_up", lambda run: _catch_up(run, include_current), include_current=include_current
+    )
+    return result
+
+
+def _catch_up(run: JobRun, include_current: bool) -> dict[str, Any]:
+    runtime = run.runtime
     settings = runtime.settings
     hours = catchup_window(settings, utcnow(), include_current=include_current)
     queue = make_queue(settings, runtime.redis)
     batch: list[Any] = []
     jobs = reports = 0
 
-    def flush() -> None:
-        enqueue_batch(queue, batch)
-        batch.clear()
-
-    with runtime.database.connection_context():
-        for label, orgs in iter_gaps(runtime.source, settings, hours):
-            batch.append(
-                Queue.prepare_data(
-                    process_meter_report,
-                    args=(orgs,),
-                    kwargs={"hour": label},
-                    job_id=f"catchup-{label.replace(':', '')}-{uuid.uuid4().hex[:12]}",
-                    description=f"catch-up {label}, {len(orgs)} organizations",
-                    **job_options(settings, "timeout"),
-                )
+    for label, orgs in iter_gaps(runtime.source, settings, hours):
+        batch.append(
+            Queue.prepare_data(
+                process_meter_report,
+                args=(orgs,),
+                kwargs={"hour": label},
+                job_id=f"catchup-{label.replace(':', '')}-{uuid.uuid4().hex[:12]}",
+                description=f"catch-up {label}, {len(orgs)} organizations",
+                **job_options(settings, "timeout"),
             )
-            jobs += 1
-            reports += len(orgs)
-            log.warning("catchup.missing_hour", hour=label, organizations=len(orgs))
-            if len(batch) >= ENQUEUE_BATCH:
-                flush()
-    if batch:
-        flush()
+        )
+        jobs += 1
+        reports += len(orgs)
+        log.warning("catchup.missing_hour", hour=label, organizations=len(orgs))
+        if len(batch) >= ENQUEUE_BATCH:
+            enqueue_batch(queue, batch)
+            batch.clear()
+    enqueue_batch(queue, batch)
     window = f"{format_hour(hours[0])}..{format_hour(hours[-1])}" if hours else ""
     log.info("catchup.completed", window=window, jobs=jobs, reports=reports)
     return {"window": window, "jobs": jobs, "reports": reports}

@@ -13,10 +13,10 @@ from rq import Queue
 from ..defaults import ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
 from ..models import utcnow
-from ..runtime import get_runtime
 from ..settings import Settings
 from ..usage import iter_billable_chunks
 from .catchup import enqueue_catch_up
+from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .report import process_meter_report
 
@@ -25,7 +25,12 @@ log = structlog.get_logger("sensormeter.jobs")
 
 def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
     """RQ job (the hourly fan-out): queue one report job per chunk of billable organizations."""
-    runtime = get_runtime()
+    result: dict[str, Any] = run_job("report_all_sensor_counts", lambda run: _fan_out(run, hour))
+    return result
+
+
+def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
+    runtime = run.runtime
     settings = runtime.settings
     label = hour if hour is not None else format_hour(hour_start(utcnow()))
     check_reportable_hour(label, utcnow())  # before queueing anything
@@ -35,28 +40,27 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
     batch: list[Any] = []
     db_seconds = 0.0
     chunks_iter = iter_billable_chunks(runtime.source, settings.chunk_size)
-    with runtime.database.connection_context():
-        while True:
-            reading = time.perf_counter()
-            chunk = next(chunks_iter, None)
-            db_seconds += time.perf_counter() - reading
-            if chunk is None:
-                break
-            batch.append(
-                Queue.prepare_data(
-                    process_meter_report,
-                    args=(chunk,),
-                    kwargs={"hour": label},
-                    job_id=f"hourly-{stamp}-{chunks}-{uuid.uuid4().hex[:8]}",
-                    description=f"hourly report {label}, {len(chunk)} organizations",
-                    **job_options(settings, "timeout"),
-                )
+    while True:
+        reading = time.perf_counter()
+        chunk = next(chunks_iter, None)
+        db_seconds += time.perf_counter() - reading
+        if chunk is None:
+            break
+        batch.append(
+            Queue.prepare_data(
+                process_meter_report,
+                args=(chunk,),
+                kwargs={"hour": label},
+                job_id=f"hourly-{stamp}-{chunks}-{uuid.uuid4().hex[:8]}",
+                description=f"hourly report {label}, {len(chunk)} organizations",
+                **job_options(settings, "timeout"),
             )
-            organizations += len(chunk)
-            chunks += 1
-            if len(batch) >= ENQUEUE_BATCH:
-                enqueue_batch(queue, batch)
-                batch.clear()
+        )
+        organizations += len(chunk)
+        chunks += 1
+        if len(batch) >= ENQUEUE_BATCH:
+            enqueue_batch(queue, batch)
+            batch.clear()
     enqueue_batch(queue, batch)
     db_seconds = round(db_seconds, 4)
     catchup_job = None

@@ -26,14 +26,15 @@ from typing import Any
 import peewee
 import redis
 import structlog
-from rq import Queue, get_current_job
+from rq import Queue
 
 from .. import ledger
 from ..keys import close_checked_key, close_queued_key
 from ..models import MeterReport, tuples, utcnow
-from ..reporter import Reporter
-from ..runtime import get_runtime
+from ..report import Report
+from ..reporter import ChunkResult, Reporter
 from ..settings import Settings
+from .envelope import JobRun, organization_fields, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .report import valid_ids
 
@@ -51,37 +52,34 @@ def look_back(settings: Settings) -> timedelta:
     return max(timedelta(hours=settings.catchup_hours), LOOK_BACK)
 
 
-def close_request_id(period_end: datetime) -> str:
-    """The request id of a period-close report: fixed by the period's end."""
-    return f"close-{period_end:%Y%m%dT%H%M%S}"
-
-
 def report_period_close(organization_ids: list[str], period_end: str) -> dict[str, Any]:
     """RQ job: report the current count of organizations whose period ends at ``period_end``."""
-    runtime = get_runtime()
-    job = get_current_job()
-    job_id = job.id if job is not None else None
-    end = datetime.fromisoformat(period_end)
-    reporter = Reporter(runtime.source, runtime.meter, runtime.settings.meter_event_name)
-    with runtime.database.connection_context():
-        result = reporter.run(
-            runtime.database,
-            organization_ids,
-            request_id=close_request_id(end),
-            job_id=job_id,
-            final_attempt=job is None or not job.retries_left,
-            deadline=end - timedelta(seconds=1),
-            kind=MeterReport.PERIOD_CLOSE,
+
+    def body(run: JobRun) -> ChunkResult:
+        report = Report.period_close(datetime.fromisoformat(period_end))
+        reporter = Reporter(
+            run.runtime.source, run.runtime.meter, run.runtime.settings.meter_event_name
         )
-    log.info(
-        "period_close.reported",
-        period_end=period_end,
-        organizations=len(organization_ids),
-        outcomes=result.as_dict()["counts"],
-        job_id=job_id,
+        result = reporter.run(
+            run.runtime.database,
+            organization_ids,
+            report,
+            job_id=run.job_id,
+            final_attempt=run.final_attempt,
+        )
+        log.info(
+            "period_close.reported",
+            period_end=period_end,
+            organizations=len(organization_ids),
+            outcomes=result.as_dict()["counts"],
+            job_id=run.job_id,
+        )
+        return result
+
+    summary: dict[str, Any] = run_job(
+        "report_period_close", body, period_end=period_end, **organization_fields(organization_ids)
     )
-    result.raise_for_retry()
-    return result.as_dict()
+    return summary
 
 
 def check_window(
@@ -142,9 +140,7 @@ def _due(
         except ValueError as exc:
             log.error("period_close.bad_period_end", organization_id=org, error=str(exc))
     identifiers = {
-        pair: ledger.on_demand_identifier(
-            pair[0], settings.meter_event_name, close_request_id(pair[1])
-        )
+        pair: Report.period_close(pair[1]).identifier(pair[0], settings.meter_event_name)
         for pair in pairs
     }
     done: set[str] = set()
@@ -164,7 +160,12 @@ def _due(
 
 def close_periods() -> dict[str, Any]:
     """RQ job (every minute): queue close reports for periods ending soon or missed."""
-    runtime = get_runtime()
+    result: dict[str, Any] = run_job("close_periods", _close_periods)
+    return result
+
+
+def _close_periods(run: JobRun) -> dict[str, Any]:
+    runtime = run.runtime
     settings = runtime.settings
     if not settings.period_close_minutes:
         return {"organizations": 0, "jobs": 0}
@@ -174,8 +175,7 @@ def close_periods() -> dict[str, Any]:
         return {"organizations": 0, "jobs": 0}
     now = utcnow()
     after, until = check_window(settings, runtime.redis, now)
-    with runtime.database.connection_context():
-        due = _due(settings, periods_ending(after, until), now, runtime.redis)
+    due = _due(settings, periods_ending(after, until), now, runtime.redis)
     # A queued close report has no ledger row until it runs: a marker per organization and
     # period end keeps later checks from queueing it again. It lasts as long as a check can
     # still find that end (workers may be down the whole time).
@@ -245,8 +245,7 @@ def period_end_of(
     first = measured_at.replace(microsecond=0) + timedelta(seconds=1)
     for step in range(int(MAX_LEAD.total_seconds()) + 1):
         end = first + timedelta(seconds=step)
-        request = close_request_id(end)
-        if ledger.on_demand_identifier(organization_id, event_name, request) == identifier:
+        if Report.period_close(end).identifier(organization_id, event_name) == identifier:
             return end
     return first  # not found (a hand-made row): the earliest end it can stand for
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import redis
 import structlog
-from rq import Queue, get_current_job
+from rq import Queue
 
 from .. import ledger
 from ..defaults import STALE_MARGIN_SECONDS
 from ..models import utcnow
-from ..reporter import Reporter
-from ..runtime import get_runtime
+from ..reporter import ChunkResult, Reporter
 from ..settings import Settings
+from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 
 log = structlog.get_logger("sensormeter.recovery")
@@ -36,18 +36,18 @@ def stale_after(settings: Settings) -> timedelta:
 
 def resend_reports(report_ids: list[int]) -> dict[str, Any]:
     """RQ job: send the given ledger rows again (same identifier and value); safe to rerun."""
-    runtime = get_runtime()
-    job = get_current_job()
-    job_id = job.id if job is not None else None
-    final_attempt = job is None or not job.retries_left
-    reporter = Reporter(runtime.source, runtime.meter, runtime.settings.meter_event_name)
-    with runtime.database.connection_context():
+
+    def body(run: JobRun) -> ChunkResult:
+        settings = run.runtime.settings
+        reporter = Reporter(run.runtime.source, run.runtime.meter, settings.meter_event_name)
         result = reporter.resend(
-            runtime.database, report_ids, job_id=job_id, final_attempt=final_attempt
+            run.runtime.database, report_ids, job_id=run.job_id, final_attempt=run.final_attempt
         )
-    summary = result.as_dict()
-    log.info("resend.completed", job_id=job_id, reports=len(report_ids), outcomes=summary["counts"])
-    result.raise_for_retry()
+        outcomes = result.as_dict()["counts"]
+        log.info("resend.completed", job_id=run.job_id, reports=len(report_ids), outcomes=outcomes)
+        return result
+
+    summary: dict[str, Any] = run_job("resend_reports", body, reports=len(report_ids))
     return summary
 
 
@@ -75,10 +75,14 @@ def enqueue_resend(settings: Settings, connection: redis.Redis, report_ids: list
 
 def sweep_stale_reports() -> dict[str, Any]:
     """RQ job (scheduled): resend pending rows that no job will finish."""
-    runtime = get_runtime()
+    result: dict[str, Any] = run_job("sweep_stale_reports", _sweep)
+    return result
+
+
+def _sweep(run: JobRun) -> dict[str, Any]:
+    runtime = run.runtime
     settings = runtime.settings
-    with runtime.database.connection_context():
-        ids = ledger.ids_to_resend(failed=False, stale_before=utcnow() - stale_after(settings))
+    ids = ledger.ids_to_resend(failed=False, stale_before=utcnow() - stale_after(settings))
     jobs = enqueue_resend(settings, runtime.redis, ids)
     if ids:
         log.warning("sweep.found_stale_pending", reports=len(ids), jobs=jobs)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import resource
 import uuid
 from typing import Any
 
 import redis
 import structlog
-from rq import get_current_job
 
 from .. import ledger
 from ..defaults import COALESCE_SECONDS
 from ..errors import InvalidOrganizationId, ServiceUnavailable
 from ..keys import waiting_key
-from ..logs import examples
-from ..reporter import Reporter
-from ..runtime import get_runtime, make_redis
+from ..report import Report
+from ..reporter import ChunkResult, Reporter
+from ..runtime import make_redis
 from ..settings import Settings, redact_url
+from .envelope import JobRun, organization_fields, run_job
 from .queue import job_options, make_queue
 from .skipped import record_skipped
 
@@ -91,76 +90,28 @@ def process_meter_report(
         hour: ``YYYY-MM-DDTHH`` for the hourly report of that UTC hour.
         request_id: for an on-demand report, the id fixed when it was queued.
     """
-    job = get_current_job()
-    job_id = job.id if job is not None else None
-    try:
-        runtime = get_runtime()
-    except BaseException as exc:
-        log.error(
-            "job.failed",
-            job_id=job_id,
-            organizations=len(organization_ids),
-            examples=examples(organization_ids),
-            error=str(exc),
+
+    def body(run: JobRun) -> ChunkResult:
+        report = Report.from_job(hour, request_id)
+        settings = run.runtime.settings
+        orgs = valid_ids(organization_ids, run.job_id, run.runtime.redis, settings.queue_name)
+        if request_id is not None and run.job_id is not None:
+            for org in orgs:
+                run.runtime.redis.eval(
+                    _RELEASE, 1, waiting_key(settings.queue_name, org), run.job_id
+                )
+        reporter = Reporter(run.runtime.source, run.runtime.meter, settings.meter_event_name)
+        return reporter.run(
+            run.runtime.database,
+            orgs,
+            report,
+            job_id=run.job_id,
+            final_attempt=run.final_attempt,
         )
-        raise
-    settings = runtime.settings
-    orgs = valid_ids(organization_ids, job_id, runtime.redis, settings.queue_name)
-    if request_id is not None and job_id is not None:
-        for org in orgs:
-            runtime.redis.eval(_RELEASE, 1, waiting_key(settings.queue_name, org), job_id)
-    # Retries are spent when RQ has none left (or the job runs outside RQ).
-    final_attempt = job is None or not job.retries_left
-    reporter = Reporter(runtime.source, runtime.meter, settings.meter_event_name)
-    try:
-        with runtime.database.connection_context():
-            result = reporter.run(
-                runtime.database,
-                orgs,
-                hour=hour,
-                request_id=request_id,
-                job_id=job_id,
-                final_attempt=final_attempt,
-            )
-    except BaseException as exc:
-        # BaseException too: RQ's ShutDownImminentException (a dyno restart) is one, and the
-        # job line must still be written; RQ then retries the job.
-        log.error(
-            "job.failed",
-            job_id=job_id,
-            organizations=len(orgs),
-            examples=examples(orgs),
-            hour=hour,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            will_retry=not final_attempt,
-        )
-        raise
-    outcome = "retrying" if result.retryable else "failed" if result.failed else "completed"
-    summary = result.as_dict()
-    # ru_maxrss is in KiB on Linux: the peak of this process (the work-horse) so far.
-    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    log_method = log.info if outcome == "completed" else log.warning
-    # Counts and a few examples, not the chunk's lists: a line stays under 4,096 bytes
-    # (docs/operations.md, log lines); each organization has its own "report" line.
-    unsettled = result.retryable or result.failed
-    log_method(
-        f"job.{outcome}",
-        job_id=job_id,
-        organizations=len(orgs),
-        examples=examples(orgs),
-        hour=hour,
-        total_value=sum(result.values.values()),
-        outcomes=summary["counts"],
-        skipped=len(result.skipped),
-        skipped_examples=examples(result.skipped),
-        unsettled_examples=examples(unsettled),
-        error=result.errors.get(unsettled[0]) if unsettled else None,
-        send_seconds=summary["send_seconds"],
-        db_seconds=summary["db_seconds"],
-        peak_rss_mb=summary["peak_rss_mb"],
+
+    summary: dict[str, Any] = run_job(
+        "process_meter_report", body, hour=hour, **organization_fields(organization_ids)
     )
-    result.raise_for_retry()
     return summary
 
 

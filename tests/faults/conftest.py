@@ -254,7 +254,7 @@ def assert_period_closed(
     - its ledger row is a `period_close` row, `sent`.
     """
     from sensormeter.ledger import on_demand_identifier
-    from sensormeter.tasks.period_close import close_request_id
+    from sensormeter.report import close_request_id
 
     events = emulator.events()
     for org, end in period_ends.items():

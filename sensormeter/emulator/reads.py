@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .emulator import ReceivedEvent
+    from .server import ReceivedEvent
 
 Response = tuple[int, Any, dict[str, str]]  # status, JSON body, extra headers
 _WINDOWS = {"hour": 3600, "day": 86400}

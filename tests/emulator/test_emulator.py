@@ -547,7 +547,7 @@ class TestLifecycle:
 
     def test_serve_runs_until_sigterm(self) -> None:
         """serve() prints its address, answers requests and exits cleanly on SIGTERM."""
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         code = "from sensormeter.emulator import serve; serve('127.0.0.1', 0)"
         process = subprocess.Popen(

@@ -21,9 +21,9 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .emulator_http import RequestHandler, parse_form
-from .emulator_reads import WHOLE_NUMBER, Reply, Response, check, meter_list, page, summaries
-from .emulator_stream import (
+from .http import RequestHandler, parse_form
+from .reads import WHOLE_NUMBER, Reply, Response, check, meter_list, page, summaries
+from .stream import (
     SESSION_SECONDS,
     SessionStore,
     TokenBucket,

@@ -1,4 +1,4 @@
-"""The emulator's v2 meter event stream parts and its rate limit (used by emulator.py)."""
+"""The emulator's v2 meter event stream parts and its rate limit (used by server.py)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Development and tests only: nothing in the library's core imports this package.
 """
 
-from .server import ReceivedEvent, StripeEmulator, serve
+from .events import ReceivedEvent
+from .server import StripeEmulator, serve
 
 __all__ = ["ReceivedEvent", "StripeEmulator", "serve"]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import peewee
 import pytest
 
-from sensormeter.emulator import StripeEmulator
 from sensormeter.hours import format_hour, hour_start
 from sensormeter.ledger import hourly_identifier, on_demand_identifier
 from sensormeter.meters import StripeMeterClient
@@ -437,30 +435,3 @@ class TestStripeReads:
         assert [(s.hour, s.value) for s in hours] == [
             (base + timedelta(hours=h), float(h)) for h in reversed(range(5))
         ]
-
-    def test_emulator_pages_back_with_ending_before(
-        self, emulator: StripeEmulator, settings: Settings, base: datetime
-    ) -> None:
-        """The emulator honours Stripe's documented ending_before cursor (the previous page)."""
-        events = [
-            MeterEvent(f"e{h}", EVENT, "cus_acme", h, unix(base) + h * 3600) for h in range(5)
-        ]
-        StripeMeterClient(settings).send_many(events)
-        client = make_stripe_client(settings)
-        meter_id = find_meter_id(client, EVENT)
-        params: Any = {
-            "customer": "cus_acme",
-            "start_time": unix(base),
-            "end_time": unix(base) + 5 * 3600,
-            "value_grouping_window": "hour",
-            "limit": 2,
-        }
-        summaries = client.v1.billing.meters.event_summaries
-        ids = [s.id for s in summaries.list(meter_id, params=params).auto_paging_iter()]
-        assert len(ids) == 5
-        before_fourth: Any = {**params, "ending_before": ids[3]}
-        back = summaries.list(meter_id, params=before_fourth)
-        assert [s.id for s in back.data] == ids[1:3] and back.has_more is True
-        before_second: Any = {**params, "ending_before": ids[1]}
-        first = summaries.list(meter_id, params=before_second)
-        assert [s.id for s in first.data] == ids[:1] and first.has_more is False

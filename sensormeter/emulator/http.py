@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from .emulator_reads import Response, check
+from .replies import Response, check
 
 _PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]")
 _FIELDS = ("event_name", "identifier", "timestamp")

@@ -1,48 +1,16 @@
-"""The emulator's v2 meter event stream parts and its rate limit (used by emulator.py)."""
+"""The emulator's v2 meter event stream parts: sessions and the request body."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 SESSION_SECONDS = 15 * 60  # Stripe's meter event session tokens live 15 minutes.
 MAX_STREAM_EVENTS = 100  # events per v2 stream request
-
-
-class TokenBucket:
-    """A rate limit of ``rate`` events per second with one second of burst; None means none."""
-
-    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self.set_rate(rate)
-
-    def set_rate(self, rate: float | None) -> None:
-        """Change the limit (None or 0 turns it off) and refill the bucket."""
-        if rate is not None and rate < 0:
-            raise ValueError(f"rate limit must not be negative, got {rate}")
-        with self._lock:
-            self.rate = rate or None
-            self._tokens = float(self.rate or 0)
-            self._stamp = self._clock()
-
-    def take(self, count: int) -> bool:
-        """Take ``count`` tokens if they are there; False means answer 429."""
-        with self._lock:
-            if self.rate is None:
-                return True
-            now = self._clock()
-            self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            if self._tokens < count:
-                return False
-            self._tokens -= count
-            return True
 
 
 class SessionStore:

@@ -425,6 +425,26 @@ class TestEventSummaries:
         values = [s.aggregated_value for s in page.auto_paging_iter()]
         assert values == [float(v) for v in reversed(range(12))]
 
+    def test_pages_back_with_ending_before(
+        self, fixed: tuple[StripeEmulator, stripe.StripeClient, str]
+    ) -> None:
+        """Stripe's documented ending_before cursor gives the page just before it, in order."""
+        _, client, meter_id = fixed
+        for hour in range(5):
+            send(client, str(hour), timestamp=T0 - 2 * HOUR + hour * HOUR)
+        params = {"start_time": T0 - 2 * HOUR, "end_time": T0 + 3 * HOUR, "limit": 2}
+        pages = self.summaries(client, meter_id, value_grouping_window="hour", **params)
+        ids = [s.id for s in pages.auto_paging_iter()]
+        assert len(ids) == 5
+        back = self.summaries(
+            client, meter_id, value_grouping_window="hour", ending_before=ids[3], **params
+        )
+        assert [s.id for s in back.data] == ids[1:3] and back.has_more is True
+        first = self.summaries(
+            client, meter_id, value_grouping_window="hour", ending_before=ids[1], **params
+        )
+        assert [s.id for s in first.data] == ids[:1] and first.has_more is False
+
     @pytest.mark.parametrize(
         "params",
         [
@@ -547,7 +567,7 @@ class TestLifecycle:
 
     def test_serve_runs_until_sigterm(self) -> None:
         """serve() prints its address, answers requests and exits cleanly on SIGTERM."""
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         code = "from sensormeter.emulator import serve; serve('127.0.0.1', 0)"
         process = subprocess.Popen(

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
-import secrets
 import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from email.message import Message
 from http.server import ThreadingHTTPServer
@@ -21,42 +18,16 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .emulator_http import RequestHandler, parse_form
-from .emulator_reads import WHOLE_NUMBER, Reply, Response, check, meter_list, page, summaries
-from .emulator_stream import (
-    SESSION_SECONDS,
-    SessionStore,
-    TokenBucket,
-    parse_iso,
-    parse_stream_body,
-)
-
-DEFAULT_METER = "active_sensors"
-MAX_PAST_SECONDS = 35 * 86400
-MAX_FUTURE_SECONDS = 5 * 60
-IDENTIFIER_WINDOW_SECONDS = 24 * 3600
-MAX_NAME_LENGTH = 100
+from .events import EventLog, ReceivedEvent
+from .faults import Faults
+from .http import RequestHandler, parse_form
+from .reads import meter_list, page, summaries
+from .replies import WHOLE_NUMBER, Reply, Response, check
+from .stream import SESSION_SECONDS, SessionStore, parse_iso, parse_stream_body
 
 _API_KEY = re.compile(r"(sk|rk)_(test|live)_\S+")
 _SUMMARIES_PATH = re.compile(r"/v1/billing/meters/([^/]+)/event_summaries")
 _EVENT_PATH = re.compile(r"/v2/core/events/([^/]+)")
-
-# status (None: drop the connection), and a message (JSON error) or a raw page (bytes)
-_Fault = tuple[int | None, str | bytes | None]
-
-
-@dataclass(frozen=True)
-class ReceivedEvent:
-    """One meter event the emulator accepted."""
-
-    event_name: str
-    identifier: str
-    customer: str
-    value: int
-    timestamp: int
-    received_at: float
-    payload: dict[str, str]
-    idempotency_key: str | None = None
 
 
 def _mask(key: str) -> str:
@@ -85,14 +56,8 @@ class StripeEmulator:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._created = int(clock())
-        self._events: list[ReceivedEvent] = []
-        self._identifiers: dict[str, float] = {}
-        self._meters: dict[str, int] = {DEFAULT_METER: self._created}
-        self._faults: deque[_Fault] = deque()
-        self._latency = 0.0
-        self._requests = 0
-        self._bucket = TokenBucket(rate_limit)
+        self._log = EventLog(int(clock()), customer_key, value_key)
+        self._faults = Faults(rate_limit, self._stopping)
         self._sessions = SessionStore(clock, session_ttl)
         self._error_reports: list[dict[str, Any]] = []
         self._v2_events: dict[str, dict[str, Any]] = {}
@@ -149,8 +114,7 @@ class StripeEmulator:
 
     def events(self) -> list[ReceivedEvent]:
         """Return the accepted meter events in arrival order."""
-        with self._lock:
-            return list(self._events)
+        return self._log.events()
 
     def error_reports(self) -> list[dict[str, Any]]:
         """Stream events refused after their request was accepted (Stripe's async errors)."""
@@ -164,63 +128,38 @@ class StripeEmulator:
 
     def set_rate_limit(self, events_per_second: float | None) -> None:
         """Answer 429 beyond this many meter events per second (v1 calls and v2 stream events)."""
-        self._bucket.set_rate(events_per_second)
+        self._faults.set_rate_limit(events_per_second)
 
     def request_count(self) -> int:
         """Return how many meter-event POSTs arrived, faulted ones included."""
-        with self._lock:
-            return self._requests
+        return self._faults.request_count()
 
     def reset(self) -> None:
         """Forget events, identifiers, meters seen, faults, latency and the request count."""
+        self._log.clear()
+        self._faults.reset()
         with self._lock:
-            self._events.clear()
-            self._identifiers.clear()
-            self._meters = {DEFAULT_METER: self._created}
-            self._faults.clear()
-            self._latency, self._requests = 0.0, 0
             self._error_reports.clear()
         self._sessions.clear()
-        self._bucket.set_rate(None)
 
     def inject(self, status: int, times: int = 1, *, message: str | None = None) -> None:
         """Answer the next `times` meter-event POSTs with this HTTP error status."""
-        if not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
-        self._queue((status, message), times)
+        self._faults.inject(status, times, message=message)
 
     def inject_page(self, status: int, page: bytes, times: int = 1) -> None:
         """Answer the next `times` meter-event POSTs with a raw (non-JSON) page, as a proxy does."""
-        if not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
-        self._queue((status, page), times)
+        self._faults.inject_page(status, page, times)
 
     def inject_disconnect(self, times: int = 1) -> None:
         """Drop the connection of the next `times` meter-event POSTs without answering."""
-        self._queue((None, None), times)
+        self._faults.inject_disconnect(times)
 
     def set_latency(self, seconds: float) -> None:
         """Sleep this long before answering every meter-event POST; 0 turns it off."""
-        if seconds < 0:
-            raise ValueError(f"latency must not be negative, got {seconds}")
-        with self._lock:
-            self._latency = float(seconds)
-
-    def _queue(self, fault: _Fault, times: int) -> None:
-        if times < 1:
-            raise ValueError(f"times must be at least 1, got {times}")
-        with self._lock:
-            self._faults.extend([fault] * times)
+        self._faults.set_latency(seconds)
 
     def _state(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "request_count": self._requests,
-                "queued_faults": len(self._faults),
-                "latency": self._latency,
-                "rate_limit": self._bucket.rate,
-                "events": len(self._events),
-            }
+        return {**self._faults.state(), "events": self._log.count()}
 
     def _handle(
         self, method: str, path: str, query: str, headers: Message, body: bytes
@@ -275,53 +214,13 @@ class StripeEmulator:
             self.reset()
             return 200, self._state(), {}
         if method == "POST" and path == "/_emulator/faults":
-            try:
-                spec = json.loads(body or b"{}")
-                keys = {"status", "times", "message", "disconnect", "latency", "rate_limit"}
-                if not isinstance(spec, dict) or not spec.keys() <= keys:
-                    raise ValueError(f"expected a JSON object with keys among {sorted(keys)}")
-                if "status" in spec:
-                    times, message = int(spec.get("times", 1)), spec.get("message")
-                    self.inject(int(spec["status"]), times, message=message)
-                if "disconnect" in spec:
-                    self.inject_disconnect(int(spec["disconnect"]))
-                if "latency" in spec:
-                    self.set_latency(float(spec["latency"]))
-                if "rate_limit" in spec:
-                    self.set_rate_limit(spec["rate_limit"] and float(spec["rate_limit"]))
-            except (ValueError, TypeError) as exc:
-                raise Reply(400, f"Invalid fault specification: {exc}") from exc
+            self._faults.apply_spec(body)
             return 200, self._state(), {}
         raise Reply(404, f"Unrecognized request URL ({method}: {path}).")
 
-    def _admit(self, count: int) -> bool:
-        """Apply faults, latency and the rate limit to a meter-event request of ``count`` events.
-
-        Returns False when the connection is to be dropped; raises Reply for an error answer.
-        """
-        with self._lock:
-            self._requests += 1
-            latency = self._latency
-            # Take the fault at arrival, so queued faults meet requests in arrival order.
-            status, message = self._faults.popleft() if self._faults else (0, None)
-        # stop() ends the wait early; a stopping emulator then answers nothing, like a dead host.
-        if status is None or (latency and self._stopping.wait(latency)):
-            return False
-        if isinstance(message, bytes):
-            page = Reply(status, "raw page")
-            page.response = (status, message, {"Content-Type": "text/html; charset=iso-8859-1"})
-            raise page
-        if status == 429 or (not status and not self._bucket.take(count)):
-            text = str(message or "Request rate limit exceeded.")
-            raise Reply(429, text, kind="rate_limit_error", code="rate_limit")
-        if status:
-            kind = "api_error" if status >= 500 else "invalid_request_error"
-            raise Reply(status, str(message or "Injected error."), kind=kind)
-        return True
-
     def _create_event(self, headers: Message, body: bytes) -> Response | None:
         """Serve POST /v1/billing/meter_events: faults first, then auth and validation."""
-        if not self._admit(1):
+        if not self._faults.admit(1):
             return None
         self._authenticate(headers)
         fields, payload = parse_form(body)
@@ -330,7 +229,7 @@ class StripeEmulator:
         check(
             bool(WHOLE_NUMBER.fullmatch(raw_ts)), "Invalid timestamp: not an integer.", "timestamp"
         )
-        event = self._record(
+        event = self._log.record(
             fields.get("event_name", ""),
             fields.get("identifier"),
             payload,
@@ -350,45 +249,6 @@ class StripeEmulator:
             identifier=event.identifier, livemode=False, payload=payload, timestamp=event.timestamp
         )
         return 200, answer, {}
-
-    def _record(
-        self,
-        name: str,
-        identifier: str | None,
-        payload: dict[str, str],
-        timestamp: int,
-        now: float,
-        idempotency_key: str | None = None,
-    ) -> ReceivedEvent | None:
-        """Validate one event and keep it; None when its identifier was seen in the last 24 h."""
-        check(bool(name), "Missing required param: event_name.", "event_name")
-        check(len(name) <= MAX_NAME_LENGTH, "Invalid event_name: too long.", "event_name")
-        check(bool(payload), "Missing required param: payload.", "payload")
-        customer_param, value_param = f"payload[{self.customer_key}]", f"payload[{self.value_key}]"
-        customer, value = payload.get(self.customer_key, ""), payload.get(self.value_key)
-        check(bool(customer), f"Missing required param: {customer_param}.", customer_param)
-        check(value is not None, f"Missing required param: {value_param}.", value_param)
-        # A whole number in a string, as Stripe wants; a `last` meter of a count is never < 0.
-        problem = f'Invalid {value_param}: {value!r} is not a whole number like "17".'
-        check(bool(WHOLE_NUMBER.fullmatch(value or "")), problem, value_param)
-        ts = "timestamp"
-        check(timestamp >= now - MAX_PAST_SECONDS, "Invalid timestamp: older than 35 days.", ts)
-        check(timestamp <= now + MAX_FUTURE_SECONDS, "Invalid timestamp: over 5 minutes ahead.", ts)
-        identifier = identifier if identifier is not None else "evt_" + secrets.token_hex(12)
-        problem = f"Invalid identifier: must be 1 to {MAX_NAME_LENGTH} characters."
-        check(0 < len(identifier) <= MAX_NAME_LENGTH, problem, "identifier")
-        event = ReceivedEvent(
-            name, identifier, customer, int(value or 0), timestamp, now, payload, idempotency_key
-        )
-        # Check and record under one lock: of two concurrent repeats exactly one may win.
-        with self._lock:
-            seen = self._identifiers.get(identifier)
-            if seen is not None and now - seen < IDENTIFIER_WINDOW_SECONDS:
-                return None
-            self._identifiers[identifier] = now
-            self._events.append(event)
-            self._meters.setdefault(name, int(now))
-        return event
 
     def _create_session(self, headers: Message) -> Response:
         """Serve POST /v2/billing/meter_event_session: a token for the stream, 15 minutes."""
@@ -415,7 +275,7 @@ class StripeEmulator:
         events = parse_stream_body(body)
         if isinstance(events, str):
             raise Reply(400, events, "events")
-        if not self._admit(len(events)):
+        if not self._faults.admit(len(events)):
             return None
         now = self._clock()
         for item in events:
@@ -425,7 +285,7 @@ class StripeEmulator:
                 check(timestamp is not None, "Invalid timestamp: not ISO 8601.", "timestamp")
                 payload = item.get("payload")
                 check(isinstance(payload, dict), "Missing required param: payload.", "payload")
-                kept = self._record(
+                kept = self._log.record(
                     str(item.get("event_name", "")),
                     None if identifier is None else str(identifier),
                     {str(k): str(v) for k, v in (payload or {}).items()},
@@ -442,9 +302,7 @@ class StripeEmulator:
         return 200, {}, {}
 
     def _meter_list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            meters = dict(self._meters)
-        return meter_list(meters, self.customer_key, self.value_key)
+        return meter_list(self._log.meters(), self.customer_key, self.value_key)
 
 
 def _iso_now(now: float) -> str:

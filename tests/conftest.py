@@ -2,6 +2,9 @@
 
 On a laptop without PostgreSQL or Redis the tests that need them skip; in CI (CI=true) a
 missing service is a failure, never a silent skip.
+
+The collection hook at the end marks each test by what it reaches (see tests/tiers.py), so
+``pytest -m "not integration"`` is the fast tier.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from sensormeter.emulator import StripeEmulator
 from sensormeter.models import MODELS, create_tables, open_database
 from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
+
+from .tiers import mark_tiers
 
 REDIS_URL = os.environ.get("SENSORMETER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get(
@@ -175,3 +180,9 @@ def count_queries() -> Iterator[QueryCounter]:
     finally:
         logger.removeHandler(counter)
         logger.setLevel(old_level)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``integration`` and/or ``postgres`` by what it reaches (tests/tiers.py)."""
+    mark_tiers(items)

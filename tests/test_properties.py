@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 
 import peewee
+import pytest
 import redis
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
@@ -123,6 +124,7 @@ def test_environment_values_are_accepted_or_named(variable: str, value: str) -> 
         assert str(exc).startswith(variable)
 
 
+@pytest.mark.integration  # reaches Redis through the command (REDIS_URL)
 @settings(max_examples=50, deadline=None)
 @given(st.text(max_size=30))
 def test_cli_report_never_crashes(value: str) -> None:

@@ -67,3 +67,14 @@ def test_public_api_names_stay_importable() -> None:
     """Every name the README's Public API lists is importable from sensormeter."""
     for name in sensormeter.__all__:
         assert getattr(sensormeter, name) is not None, name
+
+
+def test_every_folder_of_the_package_is_a_regular_package() -> None:
+    """An installed (non-editable) wheel holds every module: each folder has an __init__.py."""
+    from pathlib import Path
+
+    root = Path(sensormeter.__file__).parent
+    folders = {p.parent for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    assert (
+        sorted(str(f.relative_to(root)) for f in folders if not (f / "__init__.py").exists()) == []
+    )

@@ -220,15 +220,16 @@ class BoundedJSONRenderer:
         self.limit = limit
         self._json = structlog.processors.JSONRenderer()
 
-    def _render(self, event_dict: dict[str, Any]) -> str:
+    def render(self, event_dict: dict[str, Any]) -> str:
+        """The event as one JSON line, without the size guard."""
         return str(self._json(None, "", event_dict))
 
     def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
         """Render the event; when too long, render the shrunk copy from :func:`fit_event`."""
-        line = self._render(dict(event_dict))
+        line = self.render(dict(event_dict))
         if _size(line) <= self.limit:
             return line
-        return self._render(fit_event(dict(event_dict), self._render, self.limit))
+        return self.render(fit_event(dict(event_dict), self.render, self.limit))
 
 
 def configure_logging(

@@ -127,7 +127,7 @@ class Settings:
         # Proxies are conventionally spelled in either case.
         env.setdefault("HTTPS_PROXY", env.get("https_proxy", ""))
         values: dict[str, Any] = {}
-        for variable, (attribute, parse) in _VARIABLES.items():
+        for variable, (attribute, parse) in VARIABLES.items():
             raw = env.get(variable)
             if raw is None or raw.strip() == "":
                 continue
@@ -228,7 +228,8 @@ def _text(raw: str) -> str:
     return raw
 
 
-_VARIABLES: dict[str, tuple[str, Any]] = {
+# Every environment variable sensormeter reads: (the Settings attribute, its parser).
+VARIABLES: dict[str, tuple[str, Any]] = {
     "REDIS_URL": ("redis_url", _text),
     "DATABASE_URL": ("database_url", _text),
     "STRIPE_API_KEY": ("stripe_api_key", _text),
@@ -254,7 +255,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_INVOICE_GRACE_HOURS": ("invoice_grace_hours", _integer),
     "STRIPE_WEBHOOK_SECRET": ("stripe_webhook_secret", _text),
 }
-_ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in _VARIABLES.items()}
+_ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in VARIABLES.items()}
 
 
 def _validate(s: Settings) -> None:

@@ -114,8 +114,8 @@ class TestBoundedRenderer:
         event = {"event": "job.completed", "data": list(range(3000)), "text": "é" * 2000}
         copy = dict(event)
         for limit in (300, 1000, 2500):
-            fitted = fit_event(event, RENDER._render, limit)
-            assert len(RENDER._render(fitted).encode()) <= limit
+            fitted = fit_event(event, RENDER.render, limit)
+            assert len(RENDER.render(fitted).encode()) <= limit
         assert event == copy
 
 

@@ -19,7 +19,7 @@ from sensormeter.ledger import validate_organization_id
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.report import Report
 from sensormeter.reporter import Reporter
-from sensormeter.settings import _VARIABLES, ASCII_INTEGER, ASCII_NUMBER, Settings
+from sensormeter.settings import ASCII_INTEGER, ASCII_NUMBER, VARIABLES, Settings
 from sensormeter.tasks.queue import make_queue
 from sensormeter.usage import InMemoryUsageSource
 
@@ -64,7 +64,7 @@ digits_anywhere = st.text(
 
 
 @given(
-    st.sampled_from(sorted(v for v, (_, parse) in _VARIABLES.items() if parse.__name__ in NUMERIC)),
+    st.sampled_from(sorted(v for v, (_, parse) in VARIABLES.items() if parse.__name__ in NUMERIC)),
     st.one_of(digits_anywhere, st.text(max_size=8)),
 )
 def test_numeric_settings_take_ascii_digits_only(variable: str, value: str) -> None:
@@ -74,7 +74,7 @@ def test_numeric_settings_take_ascii_digits_only(variable: str, value: str) -> N
     except ConfigurationError as exc:
         assert exc.variable == variable
         return
-    parse = _VARIABLES[variable][1]
+    parse = VARIABLES[variable][1]
     assert value.strip() == "" or NUMERIC[parse.__name__].fullmatch(value.strip())
 
 
@@ -114,7 +114,7 @@ def test_enqueue_refuses_bad_ids_before_redis(redis_conn: redis.Redis, value: ob
         raise AssertionError("a malformed id was queued") from None
 
 
-@given(st.sampled_from(sorted(_VARIABLES)), st.text(max_size=40))
+@given(st.sampled_from(sorted(VARIABLES)), st.text(max_size=40))
 def test_environment_values_are_accepted_or_named(variable: str, value: str) -> None:
     """Any value of any variable builds settings or raises an error naming that variable."""
     try:

@@ -63,6 +63,7 @@ def test_a_job_queued_under_an_old_path_runs_after_the_move(
     assert [e.value for e in emulator.events()] == [3]  # type: ignore[attr-defined]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # tests/test_public_api.py checks them
 def test_public_api_names_stay_importable() -> None:
     """Every name the README's Public API lists is importable from sensormeter."""
     for name in sensormeter.__all__:

@@ -25,6 +25,16 @@ from .conftest import SENSORMETER, cli_env
 from .factories import make_org
 
 
+def run_stop_handler(worker: ReportingWorker) -> None:
+    """Run rq's SIGTERM handler on ``worker`` here, restoring this process's handlers after."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.request_stop(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def wait_for(predicate: object, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,7 +123,7 @@ def test_a_stop_requested_between_jobs_is_honoured_before_dequeue(
     """A SIGTERM that lands while rq still marks the worker busy must not leave it dequeueing."""
     worker = ReportingWorker([make_queue(settings, redis_conn)], connection=redis_conn)
     worker.set_state(WorkerStatus.BUSY)  # as rq leaves it between the end of a job and the next
-    worker._stop_requested = True  # what rq's handler does with a SIGTERM in that moment
+    run_stop_handler(worker)  # what a SIGTERM in that moment runs
     returned: list[object] = []
     dequeue = threading.Thread(
         target=lambda: returned.append(worker.dequeue_job_and_maintain_ttl(timeout=1)),

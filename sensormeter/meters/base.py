@@ -18,6 +18,12 @@ from ..settings import STRIPE_BASES, Settings
 from .http import KeepAliveClient
 
 DUPLICATE_MESSAGE_PREFIX = "An event already exists with identifier"
+# Stripe's documented code for "the object to create already exists"; taken for the
+# duplicate answer if Stripe ever sends it (today it sends none for meter events).
+DUPLICATE_CODE = "resource_already_exists"
+# Answers that a later attempt can succeed on, whatever Stripe-Should-Retry says:
+# 401/403 (a corrected key fixes them), 409 (a conflict), 429 (the rate limit); and any 5xx.
+RETRYABLE_STATUSES = frozenset({401, 403, 409, 429})
 
 
 @dataclass(frozen=True)
@@ -70,25 +76,58 @@ class MeterClient(Protocol):
 def classify_error(exc: Exception) -> SendResult:
     """Turn an exception from sending into a SendResult (the one place errors are judged).
 
-    Anything but a stripe-python error (a header http.client refuses, a bug, Redis failing
-    under the rate limit) is retryable, with its type and message as the reason.
+    Stripe's fields for machines decide before its message text: the ``Stripe-Should-Retry``
+    header, the HTTP status and the error ``code``; the message is read only to recognise the
+    duplicate answer, for which Stripe sends no code. Anything but a stripe-python error (a
+    header http.client refuses, a bug, Redis failing under the rate limit) is retryable, with
+    its type and message as the reason.
     """
     if not isinstance(exc, stripe.StripeError):
         # A bug, a malformed value or an odd answer costs only that event: retryable, so it
         # ends visibly failed if it never goes through.
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return SendResult(Outcome.RETRYABLE, f"{type(exc).__name__}: {text}".rstrip(": "))
-    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
-    status = getattr(exc, "http_status", None)
-    request_id = getattr(exc, "request_id", None)
-    if isinstance(exc, stripe.InvalidRequestError) and message.startswith(DUPLICATE_MESSAGE_PREFIX):
+    message = exc.user_message or str(exc) or type(exc).__name__
+    status = exc.http_status
+    request_id = exc.request_id
+    should_retry = should_retry_header(exc)
+    retryable = SendResult(
+        Outcome.RETRYABLE, f"{type(exc).__name__}: {message}", request_id, status
+    )
+    # The header may only make an answer retryable: "false" never turns a 401/403, a 409, a
+    # 429 or a 5xx into a permanent rejection, since a wrong "rejected" drops a report for good.
+    if should_retry is True or status in RETRYABLE_STATUSES or (status or 0) >= 500:
+        return retryable
+    if is_duplicate_answer(exc, message):
         return SendResult(Outcome.DUPLICATE, message, request_id, status)
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError):
         return SendResult(Outcome.REJECTED, message, request_id, status)
-    # Rate limits, 5xx/409, timeouts, connection errors; also 401/403, which a corrected key
-    # fixes: failing visibly after the retries beats dropping the report as "rejected".
-    kind = type(exc).__name__
-    return SendResult(Outcome.RETRYABLE, f"{kind}: {message}", request_id, status)
+    # Timeouts, connection errors, and anything stripe-python has no 4xx class for.
+    return retryable
+
+
+def should_retry_header(exc: stripe.StripeError) -> bool | None:
+    """Stripe's ``Stripe-Should-Retry`` answer header: True, False, or None when absent."""
+    # Header names are case-insensitive; which case arrives depends on the HTTP client.
+    for name, value in (exc.headers or {}).items():
+        if name.lower() == "stripe-should-retry":
+            answer = str(value).strip().lower()
+            return {"true": True, "false": False}.get(answer)
+    return None
+
+
+def is_duplicate_answer(exc: stripe.StripeError, message: str) -> bool:
+    """True for Stripe's answer to a repeated identifier: the event was delivered before.
+
+    A 400 ``invalid_request_error``, sent with ``Stripe-Should-Retry: false``. Stripe gives it
+    no error code today (only the message), so a code saying the resource exists is taken
+    first and the English message prefix is the fallback that matches in practice.
+    """
+    if not isinstance(exc, stripe.InvalidRequestError) or exc.http_status != 400:
+        return False
+    if exc.code == DUPLICATE_CODE and exc.param in (None, "identifier"):
+        return True
+    return message.startswith(DUPLICATE_MESSAGE_PREFIX)
 
 
 def rounds_by_customer(events: Sequence[MeterEvent]) -> list[list[int]]:

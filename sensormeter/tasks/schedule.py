@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +57,7 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
             job_class=JSONJob,
         )
         self.settings = settings
+        self.tick_seconds = interval
 
     def start(self) -> None:
         """Register every scheduled job and queue a catch-up that includes the current hour."""
@@ -74,10 +76,15 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
         """Start (register, catch up), then run rq-scheduler's loop, waiting out Redis outages.
 
         rq-scheduler's own loop dies on the first Redis error; a restarted Redis (or a
-        failover), even one during start-up, must not stop the hourly reports.
+        failover), even one during start-up, must not stop the hourly reports. Built from
+        rq-scheduler's public steps (birth, heartbeat, lock, enqueue, death) only.
         """
-        self._install_signal_handlers()
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, self._stop)
         born = started_up = False
+        # After a Redis error this process cannot know whether the lock is still its own (it
+        # may have expired and been taken by another scheduler): then it is left to expire.
+        lock_known = True
         try:
             while True:
                 began = time.time()
@@ -94,20 +101,28 @@ class ReportingScheduler(Scheduler):  # type: ignore[misc]
                             next_hourly_run=str(scheduled_run_time(self, self.settings.queue_name)),
                         )
                     self.heartbeat()
-                    if self.acquire_lock():
+                    got_lock = self.acquire_lock()
+                    lock_known = True
+                    if got_lock:
                         self.enqueue_jobs()
                         self.heartbeat()
                         self.remove_lock()
                         if burst:
                             return
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    self._lock_acquired = False
+                    lock_known = False
                     log.warning("scheduler.redis_unavailable", error=str(exc))
-                time.sleep(max(0.0, self._interval - (time.time() - began)))
+                time.sleep(max(0.0, self.tick_seconds - (time.time() - began)))
         finally:
             with contextlib.suppress(redis.RedisError):
-                self.remove_lock()
+                if lock_known:
+                    self.remove_lock()
                 self.register_death()
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        """SIGTERM/SIGINT: leave the loop; ``run`` then removes the lock and registers death."""
+        self.log.info("Shutting down RQ scheduler...")
+        raise SystemExit()
 
 
 def hourly_job_id(queue_name: str) -> str:

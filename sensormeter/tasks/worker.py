@@ -32,7 +32,20 @@ class ReportingWorker(HerokuWorker):
     rq marks a worker idle only when its next dequeue starts. A SIGTERM that lands between
     the end of a job and that moment finds it "busy", so rq merely notes the request and then
     blocks in BLMOVE for up to its dequeue timeout (minutes), past Heroku's 30 s grace.
+
+    Both workarounds of rq here (this one and the listener thread's signal mask in
+    :meth:`subscribe`) use only rq's public methods; tests/test_shutdown.py and
+    tests/test_rq_contract.py fail if rq changes under them.
     """
+
+    # Set by every warm stop request (SIGTERM, SIGINT, rq's shutdown command), busy or idle.
+    # rq's own flag for it is private and set only when the request finds the worker busy.
+    stop_signalled: bool = False
+
+    def handle_warm_shutdown_request(self) -> None:
+        """Note the stop request, then let HerokuWorker pass it on to a running work horse."""
+        self.stop_signalled = True
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
 
     def subscribe(self) -> None:
         """Start rq's command listener thread with the stop signals blocked in it.
@@ -73,10 +86,10 @@ class ReportingWorker(HerokuWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> Any:
         """Mark the worker idle first, so a stop request is either seen here or raised at once."""
-        # Local state only: rq's own call below writes it to Redis, and the signal handler
-        # reads the local value.
-        self._state = WorkerStatus.IDLE
-        if self._stop_requested:
+        # From here on rq's signal handler finds the worker idle and raises StopRequested at
+        # once; a request that came while it was still "busy" is in stop_signalled.
+        self.set_state(WorkerStatus.IDLE)
+        if self.stop_signalled:
             return None
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
@@ -128,7 +141,7 @@ def _burst_worker(settings: Settings, index: int) -> None:
     idle_checks = 0
     while True:
         worker.work(burst=True, with_scheduler=False)
-        if worker._stop_requested:  # SIGTERM/SIGINT: stop, do not take more work
+        if worker.stop_signalled:  # SIGTERM/SIGINT: stop, do not take more work
             return
         queued, scheduled = pending_work(queue)
         running = StartedJobRegistry(queue=queue).count

@@ -33,9 +33,16 @@ def imports(name: str, path: Path, is_package: bool) -> list[tuple[str, str, boo
     """(module imported, name imported, at module level) for each sensormeter import."""
     tree = ast.parse(path.read_text())
     top = set(map(id, tree.body))
+    # Imports under a top-level "if TYPE_CHECKING:" only exist for type checkers.
+    typing_only = {
+        id(inner)
+        for block in tree.body
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for inner in block.body
+    }
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.ImportFrom):
+        if not isinstance(node, ast.ImportFrom) or id(node) in typing_only:
             continue
         base = name.split(".") if is_package else name.split(".")[:-1]
         if node.level:

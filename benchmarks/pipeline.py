@@ -47,6 +47,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_emulator(rate_limit: float, latency: float) -> tuple[subprocess.Popen[str], str]:
+    """Start ``sensormeter stripe-emulator`` as its own process; returns it and its base URL."""
+    port = free_port()
+    emulator = subprocess.Popen(
+        [*CLI, "stripe-emulator", "--port", str(port)]
+        + ["--rate-limit", str(rate_limit), "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert emulator.stdout is not None
+    emulator.stdout.readline()  # "Stripe emulator listening on ..."
+    return emulator, f"http://127.0.0.1:{port}"
+
+
 def sensors_of(i: int) -> int:
     """0..20 sensors, 10 on average, spread deterministically."""
     return (i * 7919) % 21
@@ -203,24 +217,7 @@ def main() -> None:
         ensure_pg_database(args.database)
     connection = redis.Redis.from_url(args.redis)
     connection.flushdb()
-    port = free_port()
-    emulator = subprocess.Popen(
-        [
-            *CLI,
-            "stripe-emulator",
-            "--port",
-            str(port),
-            "--rate-limit",
-            str(args.rate_limit),
-            "--latency",
-            str(args.latency),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert emulator.stdout is not None
-    emulator.stdout.readline()  # "Stripe emulator listening on ..."
-    base = f"http://127.0.0.1:{port}"
+    emulator, base = start_emulator(args.rate_limit, args.latency)
     settings = Settings(
         redis_url=args.redis,
         database_url=args.database,

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline import CLI, emulator_stats, free_port, seed  # noqa: E402
+from pipeline import CLI, emulator_stats, seed, start_emulator  # noqa: E402
 
 from sensormeter.models import MeterReport, open_database  # noqa: E402
 from sensormeter.settings import Settings  # noqa: E402
@@ -82,24 +82,7 @@ def main() -> None:
 
     connection = redis.Redis.from_url(args.redis)
     connection.flushdb()
-    port = free_port()
-    emulator = subprocess.Popen(
-        [
-            *CLI,
-            "stripe-emulator",
-            "--port",
-            str(port),
-            "--rate-limit",
-            str(args.rate_limit),
-            "--latency",
-            str(args.latency),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert emulator.stdout is not None
-    emulator.stdout.readline()  # "Stripe emulator listening on ..."
-    base = f"http://127.0.0.1:{port}"
+    emulator, base = start_emulator(args.rate_limit, args.latency)
     settings = Settings(
         redis_url=args.redis,
         database_url=args.database,

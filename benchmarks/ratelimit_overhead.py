@@ -18,11 +18,11 @@ import redis
 
 from sensormeter.keys import LimiterKeys
 from sensormeter.meters.base import Outcome, SendResult
+from sensormeter.meters.limiter_store import RedisLimiterStore
 from sensormeter.meters.ratelimit import (
     REFRESH_SECONDS,
     AdaptiveRateLimiter,
     NoRateLimit,
-    RedisLimiterStore,
     send_limited,
 )
 

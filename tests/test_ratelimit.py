@@ -10,6 +10,7 @@ import redis
 
 from sensormeter import keys as keys_module
 from sensormeter.keys import LimiterKeys
+from sensormeter.meters.limiter_store import MemoryLimiterStore, RedisLimiterStore
 from sensormeter.meters.ratelimit import (
     ACCEPTED_WINDOW,
     BUCKET_SECONDS,
@@ -21,8 +22,6 @@ from sensormeter.meters.ratelimit import (
     REFRESH_SECONDS,
     RELEASE_AFTER,
     AdaptiveRateLimiter,
-    MemoryLimiterStore,
-    RedisLimiterStore,
     Snapshot,
     decreased_rate,
     grown_rate,

@@ -10,10 +10,10 @@ import redis
 from sensormeter.emulator import StripeEmulator
 from sensormeter.meters import StripeMeterClient, StripeStreamClient
 from sensormeter.meters.base import MeterEvent, Outcome
+from sensormeter.meters.limiter_store import MemoryLimiterStore
 from sensormeter.meters.ratelimit import (
     THROTTLE_RETRIES,
     AdaptiveRateLimiter,
-    MemoryLimiterStore,
     NoRateLimit,
     Snapshot,
 )

@@ -7,8 +7,9 @@ import redis
 from ..keys import LimiterKeys
 from ..settings import Settings
 from .base import MeterClient
+from .limiter_store import RedisLimiterStore
 from .memory import InMemoryMeterClient
-from .ratelimit import AdaptiveRateLimiter, RateLimiter, RedisLimiterStore
+from .ratelimit import AdaptiveRateLimiter, RateLimiter
 from .v1 import StripeMeterClient
 from .v2 import StripeStreamClient
 

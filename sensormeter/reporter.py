@@ -30,7 +30,8 @@ class ChunkResult:
     """What one run of the processor did, per organization."""
 
     values: dict[str, int] = field(default_factory=dict)
-    outcomes: dict[str, str] = field(default_factory=dict)
+    # The ledger status of each row after the run ("outcome" is an attempt's, in meters/base.py).
+    statuses: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     send_seconds: float = 0.0
@@ -39,13 +40,13 @@ class ChunkResult:
     @property
     def retryable(self) -> list[str]:
         """Organizations whose report met a transient failure and is still pending."""
-        return sorted(o for o, s in self.outcomes.items() if s == MeterReport.PENDING)
+        return sorted(o for o, s in self.statuses.items() if s == MeterReport.PENDING)
 
     @property
     def failed(self) -> list[str]:
         """Organizations whose report failed in this run after its last retry."""
         return sorted(
-            o for o, s in self.outcomes.items() if s == MeterReport.FAILED and o in self.errors
+            o for o, s in self.statuses.items() if s == MeterReport.FAILED and o in self.errors
         )
 
     def raise_for_retry(self) -> None:
@@ -59,9 +60,9 @@ class ChunkResult:
         """JSON-friendly form (the RQ job's result)."""
         return {
             "values": self.values,
-            "outcomes": self.outcomes,
+            "outcomes": self.statuses,  # the job result keeps its documented key
             "skipped": self.skipped,
-            "counts": dict(Counter(self.outcomes.values())),
+            "counts": dict(Counter(self.statuses.values())),
             "send_seconds": round(self.send_seconds, 4),
             # Everything but sending: the ledger and count queries, bookkeeping.
             "db_seconds": round(self.total_seconds - self.send_seconds, 4),
@@ -291,7 +292,7 @@ class Reporter:
             if row.status in _SENDABLE:
                 to_send.append((key, row))
             else:
-                result.outcomes[key] = str(row.status)  # Done by an earlier run: nothing to send.
+                result.statuses[key] = str(row.status)  # Done by an earlier run: nothing to send.
         events: dict[str, MeterEvent] = {}
         answers: dict[str, SendResult] = {}
         for _, row in to_send:
@@ -310,7 +311,7 @@ class Reporter:
             database, [row for _, row in to_send], attempts, final_attempt=final_attempt
         )
         for (key, row), attempt, status in zip(to_send, attempts, statuses, strict=True):
-            result.outcomes[key] = status
+            result.statuses[key] = status
             if attempt.error and not attempt.outcome.delivered:
                 result.errors[key] = attempt.error
             log.info(

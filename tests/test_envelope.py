@@ -62,7 +62,7 @@ class TestRunJob:
         def body(run: JobRun) -> ChunkResult:
             result = ChunkResult()
             result.values = {"a": 1}
-            result.outcomes = {"a": "pending"}
+            result.statuses = {"a": "pending"}
             result.errors = {"a": "APIError: down"}
             return result
 

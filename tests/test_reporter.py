@@ -47,7 +47,7 @@ class TestHourly:
         """A billable organization's active count is sent once and the row is 'sent'."""
         make_org("a", active=3, inactive=1, deleted=1)
         result = reporter.run(database, ["a"], Report.hourly(HOUR))
-        assert result.outcomes == {"a": "sent"}
+        assert result.statuses == {"a": "sent"}
         [event] = meter.events
         assert (event.customer, event.value, event.event_name) == ("cus_a", 3, "active_sensors")
         assert event.identifier == ledger.hourly_identifier("a", "active_sensors", parse_hour(HOUR))
@@ -64,7 +64,7 @@ class TestHourly:
         make_org("b", active=1)
         second = reporter.run(database, ["a", "b"], Report.hourly(HOUR))
         assert [e.customer for e in meter.events] == ["cus_a", "cus_b"]
-        assert second.outcomes == {"a": "sent", "b": "sent"}
+        assert second.statuses == {"a": "sent", "b": "sent"}
         assert MeterReport.select().count() == 2
 
     def test_non_billable_gets_no_call(

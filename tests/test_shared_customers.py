@@ -82,8 +82,8 @@ class TestInMemory:
         reporter = Reporter(self.source(), meter, EVENT)
         first = reporter.run(database, ["a", "c"], Report.hourly(HOUR))
         second = reporter.run(database, ["b"], Report.hourly(HOUR))
-        assert first.outcomes == {"a": "sent", "b": "sent", "c": "sent"}
-        assert second.outcomes == {"b": "sent"}
+        assert first.statuses == {"a": "sent", "b": "sent", "c": "sent"}
+        assert second.statuses == {"b": "sent"}
         assert_one_event_per_customer_hour(meter, {"cus_x": 11, "cus_c": 4}, HOUR)
         shared = next(e for e in meter.events if e.customer == "cus_x")
         period = parse_hour(HOUR)
@@ -117,7 +117,7 @@ class TestInMemory:
         source.customers["n"] = "cus_x"
         source.counts["n"] = 5
         result = Reporter(source, meter, EVENT).run(database, ["n"], Report.hourly(HOUR))
-        assert result.outcomes == {"a": "sent", "b": "sent", "n": "sent"}
+        assert result.statuses == {"a": "sent", "b": "sent", "n": "sent"}
         assert_one_event_per_customer_hour(meter, {"cus_x": 11}, HOUR)
         newcomer = rows_by_org()["n"]
         assert (newcomer.value, newcomer.event_value) == (5, 11)

@@ -122,7 +122,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
                 result = reporter.run(
                     runtime.database, orgs, Report.hourly(label), job_id="backfill"
                 )
-                for status in result.outcomes.values():
+                for status in result.statuses.values():
                     outcomes[status] = outcomes.get(status, 0) + 1
                 bar.update(len(orgs))
     click.echo(

@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from .logs import scrub
 
+SHOWN_CHARS = 80  # of a value quoted back in a message: enough to recognise it
+MAX_MESSAGE_CHARS = 2000  # of a whole message: it ends up in logs, Redis and terminals
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long the value was."""
+    # A 100 KB id or setting is echoed in errors, logs and RQ's stored exceptions: never whole.
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} characters cut)"
+
 
 class SensormeterError(Exception):
     """Base class of every error sensormeter raises on purpose.
@@ -14,7 +32,7 @@ class SensormeterError(Exception):
     """
 
     def __init__(self, *args: object) -> None:
-        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
+        super().__init__(*(_bounded(scrub(a)) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(SensormeterError):
@@ -23,14 +41,14 @@ class ConfigurationError(SensormeterError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
-        self.problem = scrub(problem)
+        self.problem = _bounded(scrub(problem))
 
 
 class InvalidOrganizationId(SensormeterError, ValueError):
     """Raised when an organization id is empty or not of the accepted form."""
 
     def __init__(self, organization_id: object, problem: str) -> None:
-        super().__init__(f"invalid organization id {organization_id!r}: {problem}")
+        super().__init__(f"invalid organization id {shown(organization_id)}: {problem}")
         self.organization_id = organization_id
 
 

@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timedelta
 
 from .defaults import MAX_PAST_HOURS
+from .errors import shown
 
 # ASCII digits only: strptime also takes other scripts' digits ("２０２６-...").
 _HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}", re.ASCII)
@@ -30,7 +31,7 @@ def parse_hour(label: str) -> datetime:
         return datetime.strptime(label, "%Y-%m-%dT%H")
     except ValueError:
         raise ValueError(
-            f"hour {label!r} is not of the form YYYY-MM-DDTHH (UTC, digits 0-9)"
+            f"hour {shown(label)} is not of the form YYYY-MM-DDTHH (UTC, digits 0-9)"
         ) from None
 
 
@@ -44,7 +45,9 @@ def parse_hour_option(text: str) -> datetime:
             return datetime.strptime(stripped, form)
         except ValueError:
             break  # the right shape, but no such date or hour (2026-02-30, T24)
-    raise ValueError(f"{text!r} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD (digits 0-9)")
+    raise ValueError(
+        f"{shown(text)} is not a UTC hour YYYY-MM-DDTHH or a day YYYY-MM-DD (digits 0-9)"
+    )
 
 
 def check_reportable_hour(label: str, now: datetime) -> datetime:

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from .defaults import MAX_PAST_HOURS
-from .errors import ConfigurationError
+from .errors import ConfigurationError, shown
 
 SUBSCRIPTION_STATUSES = frozenset(
     {
@@ -213,14 +213,14 @@ def _statuses(raw: str) -> frozenset[str]:
 
 def _integer(raw: str) -> int:
     if not ASCII_INTEGER.fullmatch(raw):
-        raise ValueError(f"{raw!r} is not a whole number (write it with the digits 0-9)")
+        raise ValueError(f"{shown(raw)} is not a whole number (write it with the digits 0-9)")
     return int(raw)
 
 
 def _number(raw: str) -> float:
     value = float(raw) if ASCII_NUMBER.fullmatch(raw) else math.nan
     if not math.isfinite(value):
-        raise ValueError(f"{raw!r} is not a number (write it with the digits 0-9, e.g. 2.5)")
+        raise ValueError(f"{shown(raw)} is not a number (write it with the digits 0-9, e.g. 2.5)")
     return value
 
 
@@ -287,7 +287,9 @@ def _validate(s: Settings) -> None:
     if s.stripe_api_base is not None:
         base = split_url(s.stripe_api_base, "stripe_api_base")
         if base.scheme not in ("http", "https") or not base.netloc:
-            fail("stripe_api_base", f"{s.stripe_api_base!r} must be an http(s):// base address")
+            fail(
+                "stripe_api_base", f"{shown(s.stripe_api_base)} must be an http(s):// base address"
+            )
     if not _EVENT_NAME.match(s.meter_event_name):
         fail("meter_event_name", "must be 1-100 letters, digits, '_', '-', '.' or ':'")
     unknown = set(s.billable_statuses) - SUBSCRIPTION_STATUSES
@@ -313,15 +315,18 @@ def _validate(s: Settings) -> None:
         if not _PAYLOAD_KEY.match(getattr(s, attribute)):
             fail(attribute, "must be 1-100 letters, digits or '_'")
     if s.usage_source is not None and not _USAGE_SOURCE.match(s.usage_source):
-        fail("usage_source", f"{s.usage_source!r} must look like 'package.module:factory'")
+        fail("usage_source", f"{shown(s.usage_source)} must look like 'package.module:factory'")
     if s.transport not in ("v1", "v2"):
-        fail("transport", f"{s.transport!r} must be v1 (meter events) or v2 (meter event stream)")
+        fail(
+            "transport",
+            f"{shown(s.transport)} must be v1 (meter events) or v2 (meter event stream)",
+        )
     if not 1 <= s.max_in_flight <= 256:
         fail("max_in_flight", f"{s.max_in_flight} is out of range (1 to 256)")
     if s.rate_limit is not None and not 0 <= s.rate_limit <= 1_000_000:
         fail("rate_limit", f"{s.rate_limit} is out of range (0 to 1000000 events/s; 0 = off)")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        fail("log_level", f"{s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        fail("log_level", f"{shown(s.log_level)} must be DEBUG, INFO, WARNING or ERROR")
     if not 0 <= s.catchup_hours <= MAX_CATCHUP_HOURS:
         fail(
             "catchup_hours",

@@ -117,7 +117,7 @@ class TestRecord:
         odd = [(7, "must be a string"), (["a"], "must be a string"), ("x" * 500, "too long")]
         record_skipped(redis_conn, "q", odd, now=NOW)
         shown = sorted(s.shown for s in skipped_ids(redis_conn, "q", now=NOW))
-        assert shown == ["'" + "x" * 119, "7", "['a']"]
+        assert shown == ["'" + "x" * 120 + "'... (500 characters)", "7", "['a']"]
 
     def test_redis_down_does_not_stop_the_job(self) -> None:
         """Recording is best effort: an unreachable Redis is logged, not raised."""

@@ -12,7 +12,7 @@ import click
 import peewee
 import redis
 
-from ..errors import ConfigurationError, SensormeterError
+from ..errors import ConfigurationError, SensormeterError, shown
 from ..logs import configure_logging
 from ..runtime import check_redis, make_redis
 from ..settings import ASCII_INTEGER, ASCII_NUMBER, Settings
@@ -35,7 +35,7 @@ class WholeNumber(click.IntRange):
         """Refuse anything but [+-]digits 0-9, then check the range as click does."""
         if isinstance(value, str) and not ASCII_INTEGER.fullmatch(value.strip()):
             raise BadArgument(
-                f"{value!r} is not a whole number written with the digits 0-9", ctx, param
+                f"{shown(value)} is not a whole number written with the digits 0-9", ctx, param
             )
         try:
             return super().convert(value, param, ctx)
@@ -49,13 +49,15 @@ class Number(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """Refuse anything but a finite decimal number written with 0-9, then check the range."""
         if isinstance(value, str) and not ASCII_NUMBER.fullmatch(value.strip()):
-            raise BadArgument(f"{value!r} is not a number written with the digits 0-9", ctx, param)
+            raise BadArgument(
+                f"{shown(value)} is not a number written with the digits 0-9", ctx, param
+            )
         try:
             number = super().convert(value, param, ctx)
         except click.BadParameter as exc:
             raise BadArgument(exc.message, ctx, param) from None
         if not math.isfinite(number):
-            raise BadArgument(f"{value!r} is too large", ctx, param)
+            raise BadArgument(f"{shown(value)} is too large", ctx, param)
         return number
 
 

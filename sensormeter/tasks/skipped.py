@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
+from ..errors import shown
 from ..keys import skipped_key
 
 log = structlog.get_logger("sensormeter.skipped")
@@ -85,13 +86,13 @@ def record_skipped(
     moment = int(time.time() if now is None else now)
     args: list[str | int] = [moment, SKIPPED_TTL_SECONDS, MAX_SKIPPED]
     for organization_id, reason in skipped[:MAX_SKIPPED]:
-        args += [repr(organization_id)[:_MAX_FIELD], reason]
+        args += [shown(organization_id, _MAX_FIELD), reason]
     try:
         connection.eval(_RECORD, 1, skipped_key(queue_name), *args)
     except redis.RedisError as exc:
         log.warning(
             "skipped.not_recorded",
-            organizations=[repr(o) for o, _ in skipped[:10]],
+            organizations=[shown(o) for o, _ in skipped[:10]],
             error=str(exc) or type(exc).__name__,
         )
 

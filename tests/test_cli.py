@@ -17,6 +17,7 @@ from sensormeter.tasks.queue import make_queue
 from sensormeter.tasks.report import enqueue_sensor_report
 
 from .conftest import SENSORMETER, TEST_QUEUE, cli_env
+from .factories import make_org
 
 # Tests whose subject is not the database run once, on SQLite.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -90,7 +91,7 @@ class TestUnreachableServices:
         [["report-all"], ["report", "acme"], ["worker", "--burst"], ["scheduler", "--burst"]],
     )
     def test_redis_down_is_one_line_without_the_password(
-        self, settings: Settings, command: list[str]
+        self, settings: Settings, database: peewee.Database, command: list[str]
     ) -> None:
         """Unreachable Redis: one line saying so, with the address but never the password."""
         done = sensormeter(cli_env(settings, REDIS_URL=UNREACHABLE_REDIS), *command)
@@ -105,7 +106,10 @@ class TestUnreachableServices:
         assert done.stdout.startswith("ledger: ")
         assert "s3cret" not in done.stdout + done.stderr
 
-    @pytest.mark.parametrize("command", [["init-db"], ["status"], ["worker", "--burst"]])
+    @pytest.mark.parametrize(
+        "command",
+        [["init-db"], ["status"], ["worker", "--burst"], ["scheduler"], ["report", "acme"]],
+    )
     def test_database_down_is_one_line_without_the_password(
         self, settings: Settings, redis_conn: redis.Redis, command: list[str]
     ) -> None:
@@ -114,6 +118,16 @@ class TestUnreachableServices:
         line = one_error_line(done)
         assert "database" in line and "127.0.0.1:1/x" in line
         assert "pw123" not in done.stdout + done.stderr
+
+    def test_scheduler_refuses_a_missing_database_and_registers_nothing(
+        self, settings: Settings, redis_conn: redis.Redis, tmp_path: Path
+    ) -> None:
+        """A mistyped SQLite path stops the scheduler at start, as it stops the worker."""
+        missing = f"sqlite:///{tmp_path}/typo.db"
+        done = sensormeter(cli_env(settings, DATABASE_URL=missing), "scheduler")
+        assert "typo.db" in one_error_line(done)
+        assert redis_conn.keys("rq:scheduler*") == []
+        assert not (tmp_path / "typo.db").exists()
 
     def test_status_before_init_db_says_to_run_it(self, settings: Settings) -> None:
         """``status`` on a database without sensormeter's tables points to ``init-db``."""
@@ -136,15 +150,42 @@ class TestReportCommand:
         assert redis_conn.keys("sensormeter:*") == []
 
     def test_report_queues_one_job_and_prints_its_id(
-        self, settings: Settings, redis_conn: redis.Redis
+        self, settings: Settings, database: peewee.Database, redis_conn: redis.Redis
     ) -> None:
         """``report ORG`` queues a job on the configured queue and prints its id."""
+        make_org("acme", active=2)
         done = sensormeter(cli_env(settings), "report", "acme")
         assert done.returncode == 0, done.stderr
         [job] = make_queue(settings, redis_conn).get_jobs()
         assert done.stdout.strip() == f"queued {job.id} on {TEST_QUEUE}"
         assert job.func_name == "sensormeter.tasks.report.process_meter_report"
         assert list(job.args) == [["acme"]]
+
+    @pytest.mark.parametrize(
+        ("organization", "reason"),
+        [
+            ("ghost", "unknown organization"),
+            ("late", "subscription status not billable: past_due"),
+            ("nocus", "no Stripe customer"),
+        ],
+    )
+    def test_a_non_billable_organization_is_refused_with_its_reason(
+        self,
+        settings: Settings,
+        database: peewee.Database,
+        redis_conn: redis.Redis,
+        organization: str,
+        reason: str,
+    ) -> None:
+        """``report ORG`` for an organization not billable now says why and queues nothing."""
+        make_org("late", status="past_due", active=3)
+        make_org("nocus", customer=None, active=3)
+        done = sensormeter(cli_env(settings), "report", organization)
+        line = one_error_line(done)
+        assert done.returncode == 1 and done.stdout == ""
+        assert f"{organization} is not billable now" in line and reason in line
+        assert "nothing queued" in line
+        assert make_queue(settings, redis_conn).count == 0
 
 
 @sqlite_only

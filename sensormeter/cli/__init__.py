@@ -13,9 +13,11 @@ from .common import (
     BadArgument,
     Number,
     WholeNumber,
+    check_database,
     connect_redis,
     friendly_errors,
     load_settings,
+    not_billable_reason,
 )
 from .repair import backfill, reconcile, retry_failed
 from .status import failed, status
@@ -59,15 +61,24 @@ def init_db() -> None:
 @click.argument("organization_id")
 @friendly_errors
 def report(organization_id: str) -> None:
-    """Queue a report of ORGANIZATION_ID's count now (coalesced with one already waiting)."""
+    """Queue a report of ORGANIZATION_ID's count now (coalesced with one already waiting).
+
+    An organization that is not billable now is refused at once, with the reason (exit 1):
+    its job would only log that it skipped it.
+    """
     from ..ledger import validate_organization_id
     from ..tasks.report import enqueue_sensor_report
 
     validate_organization_id(organization_id)
     settings = load_settings()
-    job_id = enqueue_sensor_report(
-        organization_id, settings=settings, connection=connect_redis(settings)
-    )
+    connection = connect_redis(settings)
+    reason = not_billable_reason(settings, organization_id)
+    if reason is not None:
+        click.echo(
+            f"error: {organization_id} is not billable now ({reason}); nothing queued", err=True
+        )
+        sys.exit(1)
+    job_id = enqueue_sensor_report(organization_id, settings=settings, connection=connection)
     click.echo(f"queued {job_id} on {settings.queue_name}")
 
 
@@ -132,6 +143,8 @@ def scheduler(burst: bool, interval: int) -> None:
     # rq-scheduler's crontab dependency warns about its own future defaults on every start.
     warnings.filterwarnings("ignore", category=FutureWarning, module="rq_scheduler")
     settings = load_settings()
+    # Fail at start, as the worker does: every job it queues reads this database.
+    check_database(settings)
     connection = connect_redis(settings)
     # Registration and the start-up catch-up happen inside run(), which waits out Redis
     # outages; the "scheduler.started" line gives the next hourly run.

@@ -100,3 +100,32 @@ def connect_redis(settings: Settings) -> redis.Redis:
     connection = make_redis(settings.redis_url)
     check_redis(connection, settings.redis_url)
     return connection
+
+
+def check_database(settings: Settings) -> None:
+    """Open the database once and check its schema: a bad DATABASE_URL fails at start."""
+    from ..migrations import check_schema
+    from ..models import open_database
+
+    database = open_database(settings.database_url, create=False)
+    try:
+        check_schema(database)
+    finally:
+        database.close()
+
+
+def not_billable_reason(settings: Settings, organization_id: str) -> str | None:
+    """Why the organization is not billable now, from the usage source; None when it is."""
+    from ..migrations import check_schema
+    from ..models import open_database
+    from ..usage.loader import load_usage_source
+
+    database = open_database(settings.database_url, create=False)
+    try:
+        check_schema(database)
+        source = load_usage_source(settings, database)
+        if organization_id in source.billable_customers([organization_id]):
+            return None
+        return source.explain_not_billable(organization_id)
+    finally:
+        database.close()

@@ -7,8 +7,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
+
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from ..emulator import StripeEmulator
+from ..keys import PREFIX
 from ..models import MeterReport, Organization, Sensor, Subscription, create_tables, utcnow
 from ..runtime import Runtime, check_redis, make_redis
 from ..settings import Settings
@@ -81,10 +87,37 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def leave_nothing_behind(scheduler: Any, queue_name: str) -> None:
+    """Remove the demo queue's registrations, jobs, registries and sensormeter keys from Redis."""
+    from ..tasks.schedule import unregister_all
+
+    unregister_all(scheduler, queue_name)
+    connection = scheduler.connection
+    queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
+    registries = [
+        queue.started_job_registry,
+        queue.finished_job_registry,
+        queue.failed_job_registry,
+        queue.deferred_job_registry,
+        queue.scheduled_job_registry,
+        queue.canceled_job_registry,
+    ]
+    job_ids = set(queue.get_job_ids())
+    for registry in registries:
+        job_ids.update(registry.get_job_ids(cleanup=False))
+    for job_id in job_ids:
+        connection.delete(Job.key_for(job_id), f"{Job.key_for(job_id)}:dependents")
+        connection.delete(f"rq:results:{job_id}")
+    connection.delete(*(registry.key for registry in registries))
+    queue.delete(delete_jobs=True)  # the queue's key, and its name in rq:queues
+    for key in connection.scan_iter(match=f"{PREFIX}:{queue_name}:*", count=1000):
+        connection.delete(key)
+
+
 def run_demo(base: Settings, echo: Callable[[str], None], workers: int = 5) -> int:
     """Run the whole pipeline once on embedded defaults and print what Stripe received."""
     from ..tasks.fanout import enqueue_fanout
-    from ..tasks.schedule import hourly_job_id, make_scheduler, scheduled_run_time
+    from ..tasks.schedule import make_scheduler, scheduled_run_time
 
     with StripeEmulator() as emulator:
         settings = demo_settings(base, emulator.base_url)
@@ -140,10 +173,12 @@ def run_demo(base: Settings, echo: Callable[[str], None], workers: int = 5) -> i
         echo("Not reported: umbrella (past_due), hooli (no Stripe customer), stark (canceled).")
         if next_run is not None:
             echo(
-                "The scheduler registered the hourly report; "
-                f"next run {next_run:%Y-%m-%d %H:%M} UTC."
+                "The scheduler registered the hourly report "
+                f"(next run {next_run:%Y-%m-%d %H:%M} UTC); the demo removes its registrations"
+                " and its queue again when it ends."
             )
-        # The demo queue's hourly job has done its part: leave no schedule behind.
-        scheduler.cancel(hourly_job_id(settings.queue_name))
+        # The demo has done its part: a scheduler on this Redis must not keep queueing the
+        # demo's jobs onto a queue no worker reads.
+        leave_nothing_behind(scheduler, settings.queue_name)
         runtime.close()
     return 0 if all(code == 0 for code in codes) else 1

@@ -226,3 +226,11 @@ def register_all(scheduler: Scheduler, queue_name: str) -> None:
     register_hourly_job(scheduler, queue_name)
     register_sweep_job(scheduler, queue_name)
     register_close_job(scheduler, queue_name)
+
+
+def unregister_all(scheduler: Scheduler, queue_name: str) -> None:
+    """Cancel the three registrations of ``queue_name`` and delete their job hashes."""
+    for job_id in (hourly_job_id(queue_name), sweep_job_id(queue_name), close_job_id(queue_name)):
+        scheduler.cancel(job_id)
+        # cancel() only takes the id out of the schedule; the job's hash has no TTL.
+        scheduler.connection.delete(Job.key_for(job_id))

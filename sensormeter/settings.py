@@ -95,6 +95,8 @@ class Settings:
     value_payload_key: str = "value"
     usage_source: str | None = None
     job_timeout_seconds: int = 300
+    # A running job's time to finish after SIGTERM: honcho kills at 5 s, Heroku at 30 s.
+    shutdown_grace_seconds: int = 2
     transport: str = "v1"
     max_in_flight: int = 8
     rate_limit: float | None = None
@@ -245,6 +247,7 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_VALUE_PAYLOAD_KEY": ("value_payload_key", _text),
     "SENSORMETER_USAGE_SOURCE": ("usage_source", _text),
     "SENSORMETER_JOB_TIMEOUT_SECONDS": ("job_timeout_seconds", _integer),
+    "SENSORMETER_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _integer),
     "SENSORMETER_TRANSPORT": ("transport", _text),
     "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _integer),
     "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
@@ -353,3 +356,6 @@ def _validate(s: Settings) -> None:
         fail("stripe_webhook_secret", "must be the endpoint's signing secret, whsec_...")
     if not 10 <= s.job_timeout_seconds <= 3600:
         fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")
+    if not 0 <= s.shutdown_grace_seconds <= 25:
+        # Heroku's SIGKILL comes 30 s after SIGTERM: leave the cut-off job time to hand back.
+        fail("shutdown_grace_seconds", f"{s.shutdown_grace_seconds} is out of range (0 to 25)")

@@ -117,14 +117,24 @@ def enqueue_due_retries(queue: Queue) -> int:
     return len(job_ids)
 
 
+def worker_class(settings: Settings) -> type[ReportingWorker]:
+    """ReportingWorker with the shutdown grace of the settings (rq's HerokuWorker has 6 s)."""
+    # rq reads the grace from the class; the pool builds its workers from a class, not objects.
+    return type(
+        "ReportingWorker",
+        (ReportingWorker,),
+        {"imminent_shutdown_delay": settings.shutdown_grace_seconds, "__module__": __name__},
+    )
+
+
 def run_pool(settings: Settings, connection: redis.Redis, workers: int, burst: bool) -> None:
     """Run ``workers`` HerokuWorkers in one pool until SIGTERM (or, in burst, until idle)."""
     pool = WorkerPool(
         [settings.queue_name],
         connection=connection,
         num_workers=workers,
-        # HerokuWorker lets a job finish for 6 s after SIGTERM, then fails it so RQ retries it.
-        worker_class=ReportingWorker,
+        # After SIGTERM a running job has the grace to finish; then it fails and RQ retries it.
+        worker_class=worker_class(settings),
         serializer=JSONSerializer,
         job_class=JSONJob,
     )
@@ -135,7 +145,7 @@ def _burst_worker(settings: Settings, index: int) -> None:
     """One burst worker process: work until nothing is queued, running or waiting to retry."""
     connection = make_redis(settings.redis_url)
     queue = make_queue(settings, connection)
-    worker = ReportingWorker(
+    worker = worker_class(settings)(
         [queue], connection=connection, serializer=JSONSerializer, job_class=JSONJob
     )
     idle_checks = 0

@@ -212,6 +212,5 @@ def make_metrics_server(settings: Settings, host: str, port: int) -> WSGIServer:
 def metrics_url(server: WSGIServer) -> str:
     """The URL a server from :func:`make_metrics_server` serves its metrics at."""
     host, port = server.server_address[:2]
-    return f"http://{host}:{port}/metrics"
-
-
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    return f"http://{name}:{port}/metrics"

@@ -122,9 +122,7 @@ def oldest_unsent(database: peewee.Database) -> datetime | None:
 
 def count_status(database: peewee.Database, status: str) -> int:
     """Rows of the whole ledger in ``status`` (through its index: meant for the rare ones)."""
-    query = MeterReport.select(peewee.fn.COUNT(peewee.SQL("*"))).where(
-        MeterReport.status == status
-    )
+    query = MeterReport.select(peewee.fn.COUNT(peewee.SQL("*"))).where(MeterReport.status == status)
     return int(query.scalar(database) or 0)
 
 

@@ -82,7 +82,7 @@ def status(as_json: bool) -> None:
     problems = find_problems(settings, database, connection, source, utcnow())
     facts["problems"] = [problem.as_dict() for problem in problems]
     if as_json:
-        click.echo(json.dumps(facts, indent=2, sort_keys=True))
+        click.echo(json.dumps(facts, indent=2))
     else:
         _echo_text(facts)
     if problems:

@@ -36,6 +36,11 @@ def burst_lock_key(queue_name: str) -> str:
     return f"{PREFIX}:{queue_name}:burst-lock"
 
 
+def catchup_found_key(queue_name: str) -> str:
+    """String (JSON): what the last catch-up found: missing organization-hours, window, when."""
+    return f"{PREFIX}:{queue_name}:catchup-found"
+
+
 KEY_PREFIX = f"{PREFIX}:ratelimit"
 
 

@@ -264,7 +264,7 @@ class TestStatus:
         add_ledger_row("umbrella", MeterReport.REJECTED, "Invalid payload[value].")
         enqueue_sensor_report("acme", settings=settings, connection=redis_conn)
         done = sensormeter(cli_env(settings), "status")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 1, done.stderr  # failed rows, nothing scheduled: problems
         lines = done.stdout.splitlines()
         [ledger] = [line for line in lines if line.startswith("ledger: ")]
         counts = dict(item.split(" ") for item in ledger.removeprefix("ledger: ").split(", "))

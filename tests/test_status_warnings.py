@@ -26,7 +26,7 @@ class TestStalePending:
             MeterReport.organization_id == "lost"
         ).execute()
         status = sensormeter(cli_env(settings), "status")
-        assert status.returncode == 0, status.stderr
+        assert status.returncode == 1, status.stderr  # abandoned pending rows are a problem
         assert "1 pending report(s) untouched since before" in status.stdout
         assert "  pending: lost active_sensors-lost-2026-11-29T04 attempts 1" in status.stdout
         assert "live" not in status.stdout
@@ -45,6 +45,6 @@ class TestSharedCustomers:
         make_org("c", customer="cus_y")
         Subscription.create(organization="c", status="canceled", stripe_customer_id="cus_y")
         done = sensormeter(cli_env(settings), "status")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 1, done.stderr  # nothing scheduled: a problem
         [warning] = [line for line in done.stdout.splitlines() if line.startswith("warning:")]
         assert warning.endswith("splits it): cus_x (2)")

@@ -19,6 +19,7 @@ from .common import (
     load_settings,
     not_billable_reason,
 )
+from .ops import check, metrics
 from .repair import backfill, reconcile, retry_failed
 from .status import failed, status
 
@@ -186,7 +187,7 @@ def demo_command(workers: int) -> None:
     sys.exit(run_demo(settings, click.echo, workers=workers))
 
 
-for command in (status, failed, reconcile, retry_failed, backfill):
+for command in (status, failed, reconcile, retry_failed, backfill, check, metrics):
     main.add_command(command)
 
 

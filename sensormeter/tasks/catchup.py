@@ -15,9 +15,12 @@ sent again.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +31,7 @@ from rq import Queue
 
 from ..defaults import CATCHUP_TIMEOUT_SECONDS, ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
+from ..keys import catchup_found_key
 from ..models import MeterReport, tuples, utcnow
 from ..settings import Settings
 from ..usage import UsageSource, iter_billable_chunks
@@ -187,8 +191,35 @@ def _catch_up(run: JobRun, include_current: bool) -> dict[str, Any]:
             batch.clear()
     enqueue_batch(queue, batch)
     window = f"{format_hour(hours[0])}..{format_hour(hours[-1])}" if hours else ""
+    store_finding(runtime.redis, settings.queue_name, CatchupFinding(reports, window, time.time()))
     log.info("catchup.completed", window=window, jobs=jobs, reports=reports)
     return {"window": window, "jobs": jobs, "reports": reports}
+
+
+@dataclass(frozen=True)
+class CatchupFinding:
+    """What a completed catch-up found, kept for ``sensormeter metrics`` to read cheaply."""
+
+    missing: int  # billable organization-hours of the window with no covered hourly report
+    window: str  # first..last hour looked at
+    checked_at: float  # unix time the scan completed
+
+
+def store_finding(connection: redis.Redis, queue_name: str, finding: CatchupFinding) -> None:
+    """Keep the finding in Redis (a metrics scrape must not scan the fleet's ledger itself)."""
+    connection.set(catchup_found_key(queue_name), json.dumps(asdict(finding)))
+
+
+def last_finding(connection: redis.Redis, queue_name: str) -> CatchupFinding | None:
+    """The finding of the last completed catch-up, or None (none yet, or Redis lost it)."""
+    raw = connection.get(catchup_found_key(queue_name))
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return CatchupFinding(int(data["missing"]), str(data["window"]), float(data["checked_at"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # written by another release: the next catch-up replaces it
 
 
 def enqueue_catch_up(

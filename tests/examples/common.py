@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import redis
 from rq.serializers import JSONSerializer
@@ -65,3 +67,12 @@ def error_report(emulator: object, identifier: str) -> str:
 def signature(body: str, secret: str = WEBHOOK_SECRET) -> str:
     """The Stripe-Signature header Stripe would send for ``body``."""
     return sign(body, secret)
+
+
+def load_example(relative: str, name: str) -> ModuleType:
+    """Import an example's module from its file (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

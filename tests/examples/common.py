@@ -27,8 +27,10 @@ REJECTION = "No customer found for the given stripe_customer_id."
 def queued_reports(settings: Settings, connection: redis.Redis) -> list[tuple[str, str, list]]:
     """(job id, function, organization ids) of each job waiting on the reporting queue."""
     queue = make_queue(settings, connection)
-    jobs = [JSONJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
-            for job_id in queue.job_ids]
+    jobs = [
+        JSONJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        for job_id in queue.job_ids
+    ]
     return [(job.id, job.func_name, list(job.args[0]) if job.args else []) for job in jobs]
 
 

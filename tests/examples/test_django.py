@@ -109,8 +109,12 @@ def made(site: Settings, redis_conn: redis.Redis) -> dict[str, Any]:
     for serial in ("a1", "a2", "a3"):
         Device.objects.create(company=acme, serial=serial, installed_at=now - timedelta(days=9))
     Device.objects.create(company=acme, serial="off", enabled=False)
-    Device.objects.create(company=acme, serial="old", retired_at=now - timedelta(days=1),
-                          installed_at=now - timedelta(days=9))
+    Device.objects.create(
+        company=acme,
+        serial="old",
+        retired_at=now - timedelta(days=1),
+        installed_at=now - timedelta(days=9),
+    )
     Device.objects.create(company=made["umbrella"], serial="u1")
     Device.objects.create(company=made["hooli"], serial="h1")
     redis_conn.flushdb()
@@ -150,15 +154,19 @@ class TestUsageSource:
         )
 
     def test_counts_enabled_unretired_devices(
-        self, made: dict[str, Any], site: Settings, source: UsageSource) -> None:
+        self, made: dict[str, Any], site: Settings, source: UsageSource
+    ) -> None:
         """acme: 3 of its 5 devices (one disabled, one retired); none is 0."""
         acme, globex, umbrella = ids(made, "acme", "globex", "umbrella")
         assert source.count_active_sensors([acme, globex, umbrella]) == {
-            acme: 3, globex: 0, umbrella: 1,
+            acme: 3,
+            globex: 0,
+            umbrella: 1,
         }
 
     def test_counts_at_a_past_moment(
-        self, made: dict[str, Any], site: Settings, source: UsageSource) -> None:
+        self, made: dict[str, Any], site: Settings, source: UsageSource
+    ) -> None:
         """Two days ago the retired device still counted; later installs did not yet."""
         [acme] = ids(made, "acme")
         two_days_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
@@ -167,7 +175,8 @@ class TestUsageSource:
         assert counted_at([acme], two_days_ago - timedelta(days=30)) == {acme: 0}
 
     def test_explains_why_not_billable(
-        self, made: dict[str, Any], site: Settings, source: UsageSource) -> None:
+        self, made: dict[str, Any], site: Settings, source: UsageSource
+    ) -> None:
         """The reason names the plan state, or the missing customer, or the unknown id."""
         umbrella, hooli = ids(made, "umbrella", "hooli")
         assert "past_due" in source.explain_not_billable(umbrella)
@@ -175,7 +184,8 @@ class TestUsageSource:
         assert source.explain_not_billable("999999") == "no such company"
 
     def test_periods_ending_in_the_window(
-        self, made: dict[str, Any], site: Settings, source: UsageSource) -> None:
+        self, made: dict[str, Any], site: Settings, source: UsageSource
+    ) -> None:
         """Only billable companies' period ends inside (after, until], as naive UTC."""
         from fleet.models import Plan
 
@@ -238,7 +248,8 @@ class TestDeviceHook:
         assert [orgs for _, _, orgs in queued_reports(site, redis_conn)] == [[acme]]
 
     def test_redis_down_keeps_the_change(
-        self, made: dict[str, Any], site: Settings, redis_conn: redis.Redis) -> None:
+        self, made: dict[str, Any], site: Settings, redis_conn: redis.Redis
+    ) -> None:
         """A Redis that does not answer costs the report, not the user's request."""
         from django.test import Client, override_settings
         from fleet.models import Device
@@ -264,7 +275,9 @@ class TestWebhookView:
         ledger_row("7", identifier)
         body = error_report(emulator, identifier)
         answer = Client().post(
-            "/stripe/meter-errors", body, content_type="application/json",
+            "/stripe/meter-errors",
+            body,
+            content_type="application/json",
             headers={"Stripe-Signature": signature(body)},
         )
         assert (answer.status_code, answer.json()) == (200, {"handled": True, "rows_marked": 1})
@@ -272,7 +285,8 @@ class TestWebhookView:
         assert row.status == "rejected" and REJECTION in row.last_error
 
     def test_bad_signature_is_refused(
-        self, made: dict[str, Any], site: Settings, emulator: StripeEmulator) -> None:
+        self, made: dict[str, Any], site: Settings, emulator: StripeEmulator
+    ) -> None:
         """A body signed with another secret: 400, and the row stays sent."""
         from django.test import Client
 
@@ -280,7 +294,9 @@ class TestWebhookView:
         ledger_row("7", identifier)
         body = error_report(emulator, identifier)
         answer = Client().post(
-            "/stripe/meter-errors", body, content_type="application/json",
+            "/stripe/meter-errors",
+            body,
+            content_type="application/json",
             headers={"Stripe-Signature": signature(body, secret="whsec_someone_else")},
         )
         assert answer.status_code == 400
@@ -300,7 +316,11 @@ class TestProcfileWorker:
         }
 
     def test_device_change_is_reported_with_the_host_count(
-        self, made: dict[str, Any], site: Settings, redis_conn: redis.Redis, emulator: StripeEmulator
+        self,
+        made: dict[str, Any],
+        site: Settings,
+        redis_conn: redis.Redis,
+        emulator: StripeEmulator,
     ) -> None:
         """The queued report ends in a sent ledger row with acme's 4 devices; a change for
         a non-billable company queues a job that records and sends nothing."""
@@ -317,7 +337,11 @@ class TestProcfileWorker:
         assert [(e.customer, e.value) for e in emulator.events()] == [("cus_acme", 4)]
 
     def test_hourly_report_bills_exactly_the_billable_companies(
-        self, made: dict[str, Any], site: Settings, redis_conn: redis.Redis, emulator: StripeEmulator
+        self,
+        made: dict[str, Any],
+        site: Settings,
+        redis_conn: redis.Redis,
+        emulator: StripeEmulator,
     ) -> None:
         """The fan-out reports acme (3) and globex (0); past_due and customer-less get nothing."""
         acme, globex = ids(made, "acme", "globex")
@@ -327,5 +351,6 @@ class TestProcfileWorker:
 
         assert ledger() == {acme: ("sent", 3, "cus_acme"), globex: ("sent", 0, "cus_globex")}
         assert sorted((e.customer, e.value) for e in emulator.events()) == [
-            ("cus_acme", 3), ("cus_globex", 0),
+            ("cus_acme", 3),
+            ("cus_globex", 0),
         ]

@@ -111,7 +111,8 @@ class TestWebhookView:
             "/stripe/meter-errors", data=body, headers={"Stripe-Signature": signature(body)}
         )
         assert (answer.status_code, answer.get_json()) == (
-            200, {"handled": True, "rows_marked": 1},
+            200,
+            {"handled": True, "rows_marked": 1},
         )
         row = MeterReport.get(MeterReport.identifier == identifier)
         assert row.status == "rejected" and REJECTION in row.last_error

@@ -1,4 +1,4 @@
-"""What `sensormeter worker` and `scheduler` load: SENSORMETER_USAGE_SOURCE=fleet.worker:make_source.
+"""The factory `sensormeter worker` and `scheduler` load: fleet.worker:make_source.
 
 Those processes are sensormeter's, not Django's: nothing has set Django up when they import
 this module, so the factory does (and the models are imported only after that).

@@ -1,7 +1,6 @@
 """The example project's URLs."""
 
 from django.urls import path
-
 from fleet import views
 
 urlpatterns = [

@@ -35,16 +35,44 @@ def queued_reports(settings: Settings, connection: redis.Redis) -> list[tuple[st
 
 
 def run_worker(settings: Settings, cwd: Path | None = None, **env: str) -> None:
-    """Run ``sensormeter worker --burst`` as the Procfile does, until the queue is empty."""
-    done = subprocess.run(
-        [*SENSORMETER, "worker", "--burst"],
-        env=cli_env(settings, **env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    """Run ``sensormeter worker --burst`` until the queue is empty."""
+    run_procfile(settings, {"worker": "sensormeter worker"}, cwd=cwd, **env)
+
+
+def procfile(path: Path) -> dict[str, str]:
+    """A Procfile's processes: name -> command."""
+    lines = [line.partition(":") for line in path.read_text().splitlines() if line.strip()]
+    return {name.strip(): command.strip() for name, _, command in lines}
+
+
+def run_procfile(
+    settings: Settings, processes: dict[str, str], cwd: Path | None = None, **env: str
+) -> None:
+    """Start sensormeter processes together, each with ``--burst``, as honcho would start
+    them; require each to exit 0 once the queue is empty."""
+    procs = []
+    for command in processes.values():
+        program, *args = command.split()
+        assert program == "sensormeter", command
+        procs.append(
+            subprocess.Popen(
+                [*SENSORMETER, *args, "--burst"],
+                env=cli_env(settings, **env),
+                cwd=cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        for name, proc in zip(processes, procs, strict=True):
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"{name}: {stderr[-3000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 def ledger() -> dict[str, tuple[str, int, str]]:

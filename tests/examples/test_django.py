@@ -29,7 +29,9 @@ from .common import (
     WEBHOOK_SECRET,
     error_report,
     ledger,
+    procfile,
     queued_reports,
+    run_procfile,
     run_worker,
     signature,
 )
@@ -135,7 +137,7 @@ class TestUsageSource:
         return load_usage_source(replace(site, usage_source=SOURCE), database)
 
     def test_billable_companies_are_paged_in_ascending_order(
-        self, made: dict[str, Any], site: Settings, source: UsageSource
+        self, made: dict[str, Any], source: UsageSource
     ) -> None:
         """Active and trialing companies with a customer; pages agree with ``after``."""
         acme, globex = ids(made, "acme", "globex")
@@ -145,7 +147,7 @@ class TestUsageSource:
         assert source.billable_organization_ids(globex, 1) == []
 
     def test_customers_only_for_billable_companies(
-        self, made: dict[str, Any], site: Settings, source: UsageSource
+        self, made: dict[str, Any], source: UsageSource
     ) -> None:
         """past_due, no customer, unknown and non-numeric ids get no customer."""
         asked = [*ids(made, "acme", "globex", "umbrella", "hooli"), "999999", "acme"]
@@ -154,7 +156,7 @@ class TestUsageSource:
         )
 
     def test_counts_enabled_unretired_devices(
-        self, made: dict[str, Any], site: Settings, source: UsageSource
+        self, made: dict[str, Any], source: UsageSource
     ) -> None:
         """acme: 3 of its 5 devices (one disabled, one retired); none is 0."""
         acme, globex, umbrella = ids(made, "acme", "globex", "umbrella")
@@ -164,9 +166,7 @@ class TestUsageSource:
             umbrella: 1,
         }
 
-    def test_counts_at_a_past_moment(
-        self, made: dict[str, Any], site: Settings, source: UsageSource
-    ) -> None:
+    def test_counts_at_a_past_moment(self, made: dict[str, Any], source: UsageSource) -> None:
         """Two days ago the retired device still counted; later installs did not yet."""
         [acme] = ids(made, "acme")
         two_days_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
@@ -174,18 +174,14 @@ class TestUsageSource:
         assert counted_at([acme], two_days_ago) == {acme: 4}
         assert counted_at([acme], two_days_ago - timedelta(days=30)) == {acme: 0}
 
-    def test_explains_why_not_billable(
-        self, made: dict[str, Any], site: Settings, source: UsageSource
-    ) -> None:
+    def test_explains_why_not_billable(self, made: dict[str, Any], source: UsageSource) -> None:
         """The reason names the plan state, or the missing customer, or the unknown id."""
         umbrella, hooli = ids(made, "umbrella", "hooli")
         assert "past_due" in source.explain_not_billable(umbrella)
         assert "no Stripe customer" in source.explain_not_billable(hooli)
         assert source.explain_not_billable("999999") == "no such company"
 
-    def test_periods_ending_in_the_window(
-        self, made: dict[str, Any], site: Settings, source: UsageSource
-    ) -> None:
+    def test_periods_ending_in_the_window(self, made: dict[str, Any], source: UsageSource) -> None:
         """Only billable companies' period ends inside (after, until], as naive UTC."""
         from fleet.models import Plan
 
@@ -266,7 +262,7 @@ class TestWebhookView:
     """POST /stripe/meter-errors hands the raw body and signature to handle_stripe_webhook."""
 
     def test_signed_error_report_marks_the_row_rejected(
-        self, made: dict[str, Any], site: Settings, emulator: StripeEmulator
+        self, site: Settings, emulator: StripeEmulator
     ) -> None:
         """A correctly signed delivery: 200, and the named ledger row becomes rejected."""
         from django.test import Client
@@ -284,9 +280,7 @@ class TestWebhookView:
         row = MeterReport.get(MeterReport.identifier == identifier)
         assert row.status == "rejected" and REJECTION in row.last_error
 
-    def test_bad_signature_is_refused(
-        self, made: dict[str, Any], site: Settings, emulator: StripeEmulator
-    ) -> None:
+    def test_bad_signature_is_refused(self, site: Settings, emulator: StripeEmulator) -> None:
         """A body signed with another secret: 400, and the row stays sent."""
         from django.test import Client
 
@@ -304,8 +298,9 @@ class TestWebhookView:
         assert MeterReport.get(MeterReport.identifier == identifier).status == "sent"
 
 
-class TestProcfileWorker:
-    """`sensormeter worker` with the README's environment reads the host's models."""
+class TestProcfileProcesses:
+    """The Procfile's sensormeter processes, with the README's environment, read the host's
+    models and bill the right counts."""
 
     def worker_env(self) -> dict[str, str]:
         """What the README sets for the worker and scheduler processes."""
@@ -343,11 +338,19 @@ class TestProcfileWorker:
         redis_conn: redis.Redis,
         emulator: StripeEmulator,
     ) -> None:
-        """The fan-out reports acme (3) and globex (0); past_due and customer-less get nothing."""
+        """The Procfile's worker and scheduler lines, run together on a queued fan-out:
+        acme (3) and globex (0) are billed; past_due and customer-less companies get nothing."""
         acme, globex = ids(made, "acme", "globex")
+        processes = procfile(PROJECT / "Procfile")
+        assert processes["worker"] == "sensormeter worker -n 5"
         enqueue_fanout(site, redis_conn)
 
-        run_worker(site, cwd=PROJECT, **self.worker_env())
+        run_procfile(
+            site,
+            {name: processes[name] for name in ("scheduler", "worker")},
+            cwd=PROJECT,
+            **self.worker_env(),
+        )
 
         assert ledger() == {acme: ("sent", 3, "cus_acme"), globex: ("sent", 0, "cus_globex")}
         assert sorted((e.customer, e.value) for e in emulator.events()) == [

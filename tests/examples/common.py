@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import redis
 from rq.serializers import JSONSerializer
 
@@ -15,7 +16,7 @@ from sensormeter.models import MeterReport
 from sensormeter.settings import Settings
 from sensormeter.tasks.queue import JSONJob, make_queue
 
-from ..conftest import SENSORMETER, cli_env
+from ..conftest import IN_CI, SENSORMETER, cli_env
 from ..test_webhook import error_type, full_event, sample, sign, thin_event
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -106,3 +107,11 @@ def load_example(relative: str, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def framework(module: str) -> ModuleType:
+    """Import a framework of the ``examples`` extra: skipped without it, failed in CI (where
+    ``pip install -e '.[dev]'`` brings it)."""
+    if IN_CI:
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} comes with the 'examples' extra")

@@ -28,6 +28,7 @@ from .common import (
     REPORT_JOB,
     WEBHOOK_SECRET,
     error_report,
+    framework,
     ledger,
     procfile,
     queued_reports,
@@ -36,7 +37,7 @@ from .common import (
     signature,
 )
 
-django = pytest.importorskip("django")
+django = framework("django")
 PROJECT = EXAMPLES / "django"
 SOURCE = "fleet.worker:make_source"  # SENSORMETER_USAGE_SOURCE, as the README sets it
 HOUR = datetime(2026, 11, 29, 4)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee
 import pytest
@@ -25,6 +25,7 @@ from .common import (
     REPORT_JOB,
     WEBHOOK_SECRET,
     error_report,
+    framework,
     ledger,
     load_example,
     queued_reports,
@@ -32,8 +33,8 @@ from .common import (
     signature,
 )
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402 (only once fastapi is known present)
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 HOUR = datetime(2026, 11, 29, 4)
 
@@ -56,8 +57,10 @@ def client(
     Sensor.create(organization="acme")
     Organization.create(id="stark")
     Subscription.create(organization="stark", status="canceled", stripe_customer_id="cus_stark")
+    # Imported here, not at collection: FastAPI takes a second to import.
+    testclient = framework("fastapi.testclient")
     app = example.create_app(replace(settings, stripe_webhook_secret=WEBHOOK_SECRET))
-    with TestClient(app) as test_client:
+    with testclient.TestClient(app) as test_client:
         yield test_client
     database.bind(MODELS)  # create_app bound the models to its own database object
 

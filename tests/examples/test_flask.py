@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import peewee
 import pytest
@@ -22,6 +23,7 @@ from .common import (
     REPORT_JOB,
     WEBHOOK_SECRET,
     error_report,
+    framework,
     ledger,
     load_example,
     queued_reports,
@@ -29,14 +31,15 @@ from .common import (
     signature,
 )
 
-flask = pytest.importorskip("flask")
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
 HOUR = datetime(2026, 11, 29, 4)
 
 
 @pytest.fixture
 def client(
     settings: Settings, database: peewee.Database, redis_conn: redis.Redis
-) -> Iterator[flask.testing.FlaskClient]:
+) -> Iterator[FlaskClient]:
     """The example app on the test database, Redis and emulator, with acme (active, 2
     sensors) and stark (canceled) in the default tables."""
     Organization.create(id="acme")
@@ -45,6 +48,7 @@ def client(
     Sensor.create(organization="acme")
     Organization.create(id="stark")
     Subscription.create(organization="stark", status="canceled", stripe_customer_id="cus_stark")
+    framework("flask")
     app = load_example("flask/app.py", "flask_example_app").create_app(
         replace(settings, stripe_webhook_secret=WEBHOOK_SECRET)
     )
@@ -59,7 +63,7 @@ class TestSensorChange:
     """POST and DELETE on sensors queue the organization's report, and it bills the count."""
 
     def test_adding_a_sensor_queues_a_report_job(
-        self, client: flask.testing.FlaskClient, settings: Settings, redis_conn: redis.Redis
+        self, client: FlaskClient, settings: Settings, redis_conn: redis.Redis
     ) -> None:
         """201 with the job id; the queue holds that process_meter_report job for acme."""
         answer = client.post("/organizations/acme/sensors")
@@ -68,7 +72,7 @@ class TestSensorChange:
         assert queued_reports(settings, redis_conn) == [(job_id, REPORT_JOB, ["acme"])]
 
     def test_unknown_organization_queues_nothing(
-        self, client: flask.testing.FlaskClient, settings: Settings, redis_conn: redis.Redis
+        self, client: FlaskClient, settings: Settings, redis_conn: redis.Redis
     ) -> None:
         """404, and no job."""
         assert client.post("/organizations/nobody/sensors").status_code == 404
@@ -76,7 +80,7 @@ class TestSensorChange:
 
     def test_worker_sends_the_count_after_the_change(
         self,
-        client: flask.testing.FlaskClient,
+        client: FlaskClient,
         settings: Settings,
         redis_conn: redis.Redis,
         emulator: StripeEmulator,
@@ -101,7 +105,7 @@ class TestWebhookView:
     """POST /stripe/meter-errors."""
 
     def test_signed_error_report_marks_the_row_rejected(
-        self, client: flask.testing.FlaskClient, settings: Settings, emulator: StripeEmulator
+        self, client: FlaskClient, settings: Settings, emulator: StripeEmulator
     ) -> None:
         """A correctly signed delivery: 200, and the named row becomes rejected."""
         identifier = hourly_identifier("acme", settings.meter_event_name, HOUR)
@@ -118,7 +122,7 @@ class TestWebhookView:
         assert row.status == "rejected" and REJECTION in row.last_error
 
     def test_bad_signature_is_refused(
-        self, client: flask.testing.FlaskClient, settings: Settings, emulator: StripeEmulator
+        self, client: FlaskClient, settings: Settings, emulator: StripeEmulator
     ) -> None:
         """Signed with another secret: 400, and the row stays sent."""
         identifier = hourly_identifier("acme", settings.meter_event_name, HOUR)

@@ -22,7 +22,7 @@ from . import ledger
 from .defaults import ERROR_LIMIT
 from .errors import WebhookError
 from .meters.base import make_stripe_client
-from .models import MeterReport, utcnow
+from .models import MeterReport, open_database, utcnow
 from .settings import Settings
 
 log = structlog.get_logger("sensormeter.webhook")
@@ -78,7 +78,7 @@ def handle_stripe_webhook(
     signature_header: str | None,
     *,
     settings: Settings,
-    database: peewee.Database,
+    database: peewee.Database | None = None,
     client: stripe.StripeClient | None = None,
     tolerance: int = DEFAULT_TOLERANCE_SECONDS,
 ) -> WebhookResult:
@@ -89,7 +89,8 @@ def handle_stripe_webhook(
         signature_header: the ``Stripe-Signature`` request header.
         settings: sensormeter's settings; ``stripe_webhook_secret`` verifies the signature
             and the Stripe key fetches the event's data.
-        database: the ledger database, from :func:`sensormeter.models.open_database`.
+        database: the ledger database, from :func:`sensormeter.models.open_database`; by
+            default ``settings.database_url`` is opened for this delivery and closed after.
         client: a StripeClient to fetch the event with; by default one is made from settings.
         tolerance: how old (in seconds) a signature may be.
 
@@ -121,7 +122,16 @@ def handle_stripe_webhook(
         context if isinstance(context, str) else None,
     )
     report = parse_error_report(event, event_id)
-    marked, unmatched = mark_rejected(database, report, event_id)
+    if database is not None:
+        marked, unmatched = mark_rejected(database, report, event_id)
+    else:
+        # A host with its own ORM holds no peewee database; deliveries are rare, so one
+        # connection per delivery costs nothing worth keeping a pool for.
+        own = open_database(settings.database_url, create=False)
+        try:
+            marked, unmatched = mark_rejected(own, report, event_id)
+        finally:
+            own.close()
     log.info(
         "webhook.meter_error_report",
         event_id=event_id,

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from sensormeter import SensormeterError, WebhookError, WebhookResult, handle_stripe_webhook
 from sensormeter.emulator import StripeEmulator
 from sensormeter.ledger import hourly_identifier
-from sensormeter.models import MeterReport, utcnow
+from sensormeter.models import MODELS, MeterReport, utcnow
 from sensormeter.settings import Settings
 
 SECRET = "whsec_sensormeter_webhook_tests"
@@ -186,6 +186,16 @@ class TestErrorReport:
             f"Stripe async error report evt_test_report: timestamp_too_far_in_past: {TOO_OLD}",
         )
         assert after[INITECH][:2] == ("sent", None)
+
+    def test_without_a_database_the_ledger_of_database_url_is_used(
+        self, ledger: peewee.Database, webhook_settings: Settings, report: str
+    ) -> None:
+        """No ``database`` (a host with its own ORM): DATABASE_URL's ledger is opened for it."""
+        result = handle_stripe_webhook(report.encode(), sign(report), settings=webhook_settings)
+        ledger.bind(MODELS)  # the handler bound the models to the database it opened
+
+        assert result.rows_marked == 2
+        assert [status for status, _, _ in rows().values()] == ["rejected", "rejected", "sent"]
 
     def test_each_marked_row_is_logged_as_a_warning(
         self, ledger: peewee.Database, webhook_settings: Settings, report: str

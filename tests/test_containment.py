@@ -7,6 +7,7 @@ without a reason, hour after hour. A proxy's latin-1 error page did the same.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -28,6 +29,14 @@ from sensormeter.usage import InMemoryUsageSource
 from .factories import make_org
 
 HOUR = format_hour(hour_start(utcnow()))
+
+
+@pytest.fixture(autouse=True)
+def current_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOUR is the hour each test runs in, so a suite that crosses the top of an hour passes."""
+    monkeypatch.setattr(sys.modules[__name__], "HOUR", format_hour(hour_start(utcnow())))
+
+
 LATIN1_PAGE = "<html><body><h1>502 Bad Gateway</h1><p>Passerelle défaillante</p></body></html>"
 
 

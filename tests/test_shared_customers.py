@@ -7,6 +7,7 @@ its own ledger row (its part); the customer gets one event whose value is the su
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,14 @@ from sensormeter.usage import DatabaseUsageSource, InMemoryUsageSource
 from .factories import make_org
 
 HOUR = format_hour(hour_start(utcnow()))
+
+
+@pytest.fixture(autouse=True)
+def current_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOUR is the hour each test runs in, so a suite that crosses the top of an hour passes."""
+    monkeypatch.setattr(sys.modules[__name__], "HOUR", format_hour(hour_start(utcnow())))
+
+
 EVENT = "active_sensors"
 
 

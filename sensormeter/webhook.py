@@ -251,7 +251,9 @@ def mark_rejected(database: peewee.Database, report: ErrorReport, event_id: str)
     identifiers = sorted({s.identifier for s in report.samples if s.identifier})
     marked = unmatched = 0
     seen: set[str] = set()
-    with database.atomic():
+    # Bound here, not only by open_database: the ledger queries below go to this database
+    # even in a host process whose models were bound to another one.
+    with database.bind_ctx([MeterReport]), database.atomic():
         # A sample names an event: one row's own, or a shared customer's, with a row per part.
         by_event: dict[str, list[ledger.LedgerRow]] = {}
         for found in ledger.find_by_event(identifiers):

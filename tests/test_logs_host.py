@@ -104,10 +104,10 @@ def test_a_host_handler_receives_scrubbed_records_and_stdout_stays_empty(
 
 def test_a_record_survives_a_handler_that_pickles_it() -> None:
     """A record's message pickles with its fields (a host may ship records to a queue)."""
-    fields = {"event": "report", "organization_id": "acme"}
-    message = EventMessage("report organization_id=acme", fields)
+    message = EventMessage({"organization_id": "acme", "value": 3, "event": "report"})
     again = pickle.loads(pickle.dumps(message))
-    assert (str(again), again.event_dict) == (str(message), message.event_dict)
+    assert str(again) == str(message) == "report organization_id=acme value=3"
+    assert again.event_dict == message.event_dict
 
 
 HOST = textwrap.dedent(

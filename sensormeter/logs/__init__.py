@@ -11,7 +11,7 @@
 from .foreign import BURST_ROUNDS, CHATTER, QuietChatter, shape_foreign
 from .lines import MAX_LINE_BYTES, BoundedJSONRenderer, LineHandler, fit_event, write_line
 from .logger import EXAMPLES, ROOT, EventMessage, capture_logs, examples, get_logger
-from .process import FORMATS, configure_logging, make_formatter, wants_json
+from .process import FORMATS, LineFormatter, configure_logging, wants_json
 from .scrub import scrub, scrub_secrets, scrub_value
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ROOT",
     "BoundedJSONRenderer",
     "EventMessage",
+    "LineFormatter",
     "LineHandler",
     "QuietChatter",
     "capture_logs",
@@ -30,7 +31,6 @@ __all__ = [
     "examples",
     "fit_event",
     "get_logger",
-    "make_formatter",
     "scrub",
     "scrub_secrets",
     "scrub_value",

@@ -14,8 +14,6 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from .logger import EventMessage
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # rq colours its lines when stdout is a terminal
 # A message that starts with one of these formats has its first argument as a field.
 _PREFIXES = (("Worker %s: ", "worker"), ("Job %s: ", "job_id"))
@@ -61,12 +59,11 @@ def shape_foreign(
 ) -> MutableMapping[str, Any]:
     """ProcessorFormatter pre-chain step: another library's record as a one-line event.
 
-    Needs ``pass_foreign_args=True`` (the record's arguments); sensormeter's own records
-    (already fields) pass unchanged.
+    Needs ``pass_foreign_args=True`` (the record's arguments).
     """
     args = event_dict.pop("positional_args", ())
     record: logging.LogRecord = event_dict["_record"]
-    if isinstance(record.msg, EventMessage) or not isinstance(event_dict.get("event"), str):
+    if not isinstance(event_dict.get("event"), str):
         return event_dict
     text = event_dict["event"]
     if isinstance(record.msg, str) and isinstance(args, tuple) and args:

@@ -39,24 +39,32 @@ def examples(ids: Iterable[str], limit: int = EXAMPLES) -> list[str]:
     return [i for _, i in zip(range(limit), ids, strict=False)]
 
 
-class EventMessage(str):
-    """A record's message: the line as text, still holding the event's fields.
+class EventMessage:
+    """A record's message: the event's fields, made text only when a formatter asks.
 
-    The formatter of sensormeter's processes renders the fields (logs/process.py); any other
-    formatter sees a plain string.
+    ``logging`` takes any object with ``__str__`` as a message. A host's formatter gets the
+    whole line as text; the formatter of sensormeter's processes renders the fields
+    (logs/process.py), and never pays for the text.
     """
 
-    event_dict: dict[str, Any]
+    __slots__ = ("event_dict", "_text")
 
-    def __new__(cls, text: str, event_dict: dict[str, Any]) -> EventMessage:
-        """The text, with the fields it was made from."""
-        message = super().__new__(cls, text)
-        message.event_dict = event_dict
-        return message
+    def __init__(self, event_dict: dict[str, Any]) -> None:
+        self.event_dict = event_dict
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        """The line as text (made once)."""
+        if self._text is None:
+            self._text = as_text(self.event_dict)
+        return self._text
+
+    def __repr__(self) -> str:
+        return repr(str(self))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle with the fields (a str subclass would otherwise lose them)."""
-        return (EventMessage, (str(self), self.event_dict))
+        """Pickle the fields (a handler may ship records to another process)."""
+        return (EventMessage, (self.event_dict,))
 
 
 def _logfmt(value: Any) -> str:
@@ -84,7 +92,7 @@ def to_record(
     """structlog processor, the last: the arguments of the standard-library logging call."""
     fields = dict(event_dict)
     extra = {key: value for key, value in fields.items() if key not in _RESERVED}
-    return (EventMessage(as_text(fields), fields),), {"extra": extra}
+    return (EventMessage(fields),), {"extra": extra}
 
 
 PROCESSORS: list[Any] = [
@@ -99,18 +107,6 @@ PROCESSORS: list[Any] = [
 def get_logger(name: str = ROOT) -> structlog.stdlib.BoundLogger:
     """The logger of ``name`` (``sensormeter`` or a child): structlog's API, stdlib records."""
     return structlog.stdlib.BoundLogger(logging.getLogger(name), processors=PROCESSORS, context={})
-
-
-def event_fields(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """ProcessorFormatter pre-chain step: a sensormeter record's own fields, not its text."""
-    message = event_dict["_record"].msg
-    if isinstance(message, EventMessage):
-        event_dict.pop("event", None)
-        event_dict.pop("positional_args", None)
-        event_dict.update(message.event_dict)
-    return event_dict
 
 
 class _Collector(logging.Handler):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
 
 from .foreign import QuietChatter, shape_foreign
 from .lines import BoundedJSONRenderer, LineHandler
-from .logger import event_fields
+from .logger import EventMessage
 from .scrub import scrub_secrets
 
 FORMATS = ("json", "console")
@@ -30,27 +32,59 @@ def wants_json(stream: TextIO, log_format: str | None) -> bool:
     return not (isatty is not None and isatty())
 
 
-def make_formatter(as_json: bool, colors: bool = False) -> structlog.stdlib.ProcessorFormatter:
-    """The formatter of every record of the process: sensormeter's, RQ's, anyone's."""
-    renderer: Any = (
-        BoundedJSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=colors)
-    )
-    return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[
-            event_fields,
-            shape_foreign,
-            structlog.stdlib.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-        ],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            scrub_secrets,
-            renderer,
-        ],
-        pass_foreign_args=True,  # shape_foreign reads RQ's arguments
-    )
+def record_time(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """ProcessorFormatter pre-chain step: ``timestamp``, when the record was made (UTC, ISO)."""
+    event_dict["timestamp"] = _iso(event_dict["_record"].created)
+    return event_dict
+
+
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LineFormatter(structlog.stdlib.ProcessorFormatter):
+    """The formatter of every record of the process: sensormeter's, RQ's, anyone's.
+
+    A sensormeter record (its message an :class:`EventMessage`) is rendered from its fields,
+    scrubbed already; any other goes through structlog's ProcessorFormatter: made a record
+    with fields (logs/foreign.py), then scrubbed.
+    """
+
+    def __init__(self, as_json: bool, colors: bool = False) -> None:
+        self.renderer: Any = (
+            BoundedJSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=colors)
+        )
+        super().__init__(
+            foreign_pre_chain=[
+                shape_foreign,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                record_time,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub_secrets,
+                self.renderer,
+            ],
+            pass_foreign_args=True,  # shape_foreign reads RQ's arguments
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line (or, in the console format, a traceback under it)."""
+        message = record.msg
+        if not isinstance(message, EventMessage):
+            return str(super().format(record))
+        method = record.levelname.lower()
+        event_dict = {
+            **message.event_dict,
+            "level": method,
+            "logger": record.name,
+            "timestamp": _iso(record.created),
+        }
+        return str(self.renderer(None, method, event_dict))
 
 
 def configure_logging(
@@ -73,7 +107,7 @@ def configure_logging(
     for old in [h for h in root.handlers if getattr(h, "_sensormeter", False)]:
         root.removeHandler(old)
     handler = LineHandler(stream)
-    handler.setFormatter(make_formatter(as_json, colors))
+    handler.setFormatter(LineFormatter(as_json, colors))
     handler.addFilter(QuietChatter(logging.getLevelNamesMapping()[level]))
     handler._sensormeter = True  # type: ignore[attr-defined]
     root.addHandler(handler)

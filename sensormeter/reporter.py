@@ -9,17 +9,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
 from .ledger import LedgerRow, NewReport
+from .logs import get_logger
 from .meters.base import MeterClient, MeterEvent, SendResult, classify_error
 from .models import MeterReport, utcnow
 from .report import Report
 from .usage import UsageSource
 
-log = structlog.get_logger("sensormeter.reporter")
+log = get_logger(__name__)
 
 # Rows in these states are (re)sent when their job runs; sent and rejected rows never are.
 _SENDABLE = (MeterReport.PENDING, MeterReport.FAILED)

@@ -101,6 +101,7 @@ class Settings:
     max_in_flight: int = 8
     rate_limit: float | None = None
     log_level: str = "INFO"
+    log_format: str | None = None  # json or console; None: console on a terminal, else JSON
     https_proxy: str | None = None
     catchup_hours: int = 48
     period_close_minutes: int = 10
@@ -252,6 +253,7 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _integer),
     "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
     "SENSORMETER_LOG_LEVEL": ("log_level", str.upper),
+    "SENSORMETER_LOG_FORMAT": ("log_format", str.lower),
     "HTTPS_PROXY": ("https_proxy", _text),
     "SENSORMETER_CATCHUP_HOURS": ("catchup_hours", _integer),
     "SENSORMETER_PERIOD_CLOSE_MINUTES": ("period_close_minutes", _integer),
@@ -330,6 +332,12 @@ def _validate(s: Settings) -> None:
         fail("rate_limit", f"{s.rate_limit} is out of range (0 to 1000000 events/s; 0 = off)")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail("log_level", f"{shown(s.log_level)} must be DEBUG, INFO, WARNING or ERROR")
+    if s.log_format not in (None, "json", "console"):
+        fail(
+            "log_format",
+            f"{shown(s.log_format)} must be json or console"
+            " (unset: console on a terminal, else json)",
+        )
     if not 0 <= s.catchup_hours <= MAX_CATCHUP_HOURS:
         fail(
             "catchup_hours",

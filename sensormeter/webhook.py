@@ -16,16 +16,16 @@ from typing import Any
 
 import peewee
 import stripe
-import structlog
 
 from . import ledger
 from .defaults import ERROR_LIMIT
 from .errors import WebhookError
+from .logs import get_logger
 from .meters.base import make_stripe_client
 from .models import MeterReport, open_database, utcnow
 from .settings import Settings
 
-log = structlog.get_logger("sensormeter.webhook")
+log = get_logger(__name__)
 
 ERROR_REPORT_EVENT = "v1.billing.meter.error_report_triggered"
 THIN_EVENT_OBJECT = "v2.core.event"

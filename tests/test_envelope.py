@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from structlog.testing import capture_logs
 
 from sensormeter.errors import RetryableReportError
+from sensormeter.logs import capture_logs
 from sensormeter.reporter import ChunkResult
 from sensormeter.runtime import Runtime
 from sensormeter.tasks.envelope import JobRun, run_job

@@ -22,9 +22,10 @@ from sensormeter.hours import format_hour, hour_start
 from sensormeter.logs import (
     MAX_LINE_BYTES,
     BoundedJSONRenderer,
-    LineLogger,
     configure_logging,
     fit_event,
+    get_logger,
+    write_line,
 )
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.models import Organization, Sensor, Subscription, utcnow
@@ -45,7 +46,7 @@ def json_log(tmp_path: Path) -> Iterator[Path]:
     """This process logs JSON to a file for the test; the logging set-up is undone after."""
     path = tmp_path / "log.jsonl"
     with path.open("w") as stream:
-        configure_logging("INFO", stream=stream, json=True)
+        configure_logging("INFO", stream=stream, log_format="json")
         try:
             yield path
         finally:
@@ -133,7 +134,7 @@ class TestOneWritePerLine:
         with os.fdopen(write_end, "w") as stream:
             stream.write("buffered before\n")  # still in Python's buffer
             monkeypatch.setattr(os, "write", recording_write)
-            LineLogger(stream).info('{"event": "one"}')
+            write_line(stream, '{"event": "one"}')
             monkeypatch.undo()
         with os.fdopen(read_end, "rb") as reader:
             assert reader.read() == b'buffered before\n{"event": "one"}\n'
@@ -142,13 +143,13 @@ class TestOneWritePerLine:
     def test_stream_without_a_descriptor_gets_one_write(self) -> None:
         """A stream with no file descriptor (a StringIO) still gets the whole line at once."""
         stream = io.StringIO()
-        LineLogger(stream).info("line")
+        write_line(stream, "line")
         assert stream.getvalue() == "line\n"
 
     def test_rq_records_are_bounded_single_lines(self, json_log: Path) -> None:
         """A standard-library record (RQ's own) is one JSON line within 4,096 bytes too."""
         logging.getLogger("rq.worker").error("job failed:\n%s", "Traceback\n" * 2000)
-        structlog.get_logger("t").info("after", items=list(range(5000)))
+        get_logger("sensormeter.t").info("after", items=list(range(5000)))
         lines = read_lines(json_log)
         assert len(lines) == 2
         for line in lines:
@@ -163,9 +164,9 @@ WRITER = textwrap.dedent(
     import structlog
     from sensormeter.logs import configure_logging
 
-    configure_logging("INFO", json=True)  # stderr: the pipe shared with the other writer
+    configure_logging("INFO", log_format="json")  # stderr: the pipe shared with the other
     name = sys.argv[1]
-    log = structlog.get_logger("writer")
+    log = structlog.get_logger("writer")  # structlog's global configuration: the same output
     for i in range(int(sys.argv[2])):
         log.info("job.completed", writer=name, i=i, payload=name * (2000 + 37 * (i % 150)))
         logging.getLogger("rq.worker").info("%s %d %s", name, i, name * (3000 + 53 * (i % 90)))

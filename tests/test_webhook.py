@@ -17,11 +17,11 @@ from typing import Any
 
 import peewee
 import pytest
-from structlog.testing import capture_logs
 
 from sensormeter import SensormeterError, WebhookError, WebhookResult, handle_stripe_webhook
 from sensormeter.emulator import StripeEmulator
 from sensormeter.ledger import hourly_identifier
+from sensormeter.logs import capture_logs
 from sensormeter.models import MODELS, MeterReport, utcnow
 from sensormeter.settings import Settings
 

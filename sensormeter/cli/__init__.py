@@ -183,7 +183,7 @@ def demo_command(workers: int) -> None:
     from .demo import run_demo
 
     settings = Settings.from_env()
-    configure_logging(level="WARNING")
+    configure_logging(level="WARNING", log_format=settings.log_format)
     sys.exit(run_demo(settings, click.echo, workers=workers))
 
 

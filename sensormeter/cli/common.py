@@ -89,9 +89,9 @@ def friendly_errors(func: F) -> F:
 
 
 def load_settings() -> Settings:
-    """Read and validate the environment; configure structlog for this process."""
+    """Read and validate the environment; set up this process's logging."""
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     return settings
 
 

@@ -29,11 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import structlog
-
+from ..logs import get_logger
 from .base import SendResult, classify_error
 
-log = structlog.get_logger("sensormeter.ratelimit")
+log = get_logger(__name__)
 
 DECREASE_FACTOR = 0.9
 DECREASE_WINDOW = 1.0  # seconds: at most one decrease per window, whatever the number of 429s

@@ -16,7 +16,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import peewee
 import redis
-import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client import make_wsgi_app as prometheus_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from ..db import utcnow
 from ..errors import SensormeterError
+from ..logs import get_logger
 from ..runtime import make_redis
 from ..settings import Settings
 from ..tasks.catchup import last_finding
@@ -40,7 +40,7 @@ from .readings import (
     window_start,
 )
 
-log = structlog.get_logger("sensormeter.metrics")
+log = get_logger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 EPOCH = datetime(1970, 1, 1)

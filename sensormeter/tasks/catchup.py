@@ -26,12 +26,12 @@ from typing import Any
 
 import peewee
 import redis
-import structlog
 from rq import Queue
 
 from ..defaults import CATCHUP_TIMEOUT_SECONDS, ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
 from ..keys import catchup_found_key
+from ..logs import get_logger
 from ..models import MeterReport, tuples, utcnow
 from ..settings import Settings
 from ..usage import UsageSource, iter_billable_chunks
@@ -40,7 +40,7 @@ from .queue import enqueue_batch, job_options, make_queue
 from .recovery import stale_after
 from .report import process_meter_report
 
-log = structlog.get_logger("sensormeter.catchup")
+log = get_logger(__name__)
 
 DONE = (MeterReport.SENT, MeterReport.REJECTED)
 

@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from rq import get_current_job
 
-from ..logs import examples
+from ..logs import examples, get_logger
 from ..reporter import ChunkResult
 from ..runtime import Runtime, get_runtime
 
-log = structlog.get_logger("sensormeter.jobs")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,19 +64,29 @@ def chunk_fields(result: ChunkResult) -> dict[str, Any]:
     }
 
 
-def run_job(name: str, body: Callable[[JobRun], Any], **fields: Any) -> Any:
+def run_job(
+    name: str,
+    body: Callable[[JobRun], Any],
+    idle: Callable[[dict[str, Any]], bool] | None = None,
+    **fields: Any,
+) -> Any:
     """Run one job body in the envelope; returns what RQ stores as the job's result.
 
     ``fields`` are added to every line of the job. A body returns a :class:`ChunkResult`
     (report jobs: its outcomes decide ``completed``/``retrying``/``failed`` and the retry) or
     a JSON-friendly dict of its own figures (scheduling jobs: logged and returned as is).
+
+    ``idle`` marks a routine check (every minute, every 10 minutes): its ``job.started`` line
+    is a debug line, and so is its ``job.completed`` when ``idle(result)`` says it found
+    nothing to do, so that a quiet minute writes nothing at info level.
     """
     job = get_current_job()
     job_id = job.id if job is not None else None
     # Retries are spent when RQ has none left (or the job runs outside RQ).
     final_attempt = job is None or not job.retries_left
     started = time.perf_counter()
-    log.info("job.started", job=name, job_id=job_id, final_attempt=final_attempt, **fields)
+    started_line = log.info if idle is None else log.debug
+    started_line("job.started", job=name, job_id=job_id, final_attempt=final_attempt, **fields)
     try:
         runtime = get_runtime()
         with runtime.database.connection_context():
@@ -97,7 +106,8 @@ def run_job(name: str, body: Callable[[JobRun], Any], **fields: Any) -> Any:
         raise
     seconds = round(time.perf_counter() - started, 4)
     if not isinstance(outcome, ChunkResult):
-        log.info("job.completed", job=name, job_id=job_id, seconds=seconds, **fields, **outcome)
+        done_line = log.debug if idle is not None and idle(outcome) else log.info
+        done_line("job.completed", job=name, job_id=job_id, seconds=seconds, **fields, **outcome)
         return outcome
     state = "retrying" if outcome.retryable else "failed" if outcome.failed else "completed"
     summary = outcome.as_dict()

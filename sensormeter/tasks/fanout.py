@@ -7,11 +7,11 @@ import uuid
 from typing import Any
 
 import redis
-import structlog
 from rq import Queue
 
 from ..defaults import ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
+from ..logs import get_logger
 from ..models import utcnow
 from ..settings import Settings
 from ..usage import iter_billable_chunks
@@ -20,7 +20,7 @@ from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .report import process_meter_report
 
-log = structlog.get_logger("sensormeter.jobs")
+log = get_logger(__name__)
 
 
 def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:

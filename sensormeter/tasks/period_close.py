@@ -25,11 +25,11 @@ from typing import Any
 
 import peewee
 import redis
-import structlog
 from rq import Queue
 
 from .. import ledger
 from ..keys import close_checked_key, close_queued_key
+from ..logs import get_logger
 from ..models import MeterReport, tuples, utcnow
 from ..report import Report
 from ..reporter import ChunkResult, Reporter
@@ -38,7 +38,7 @@ from .envelope import JobRun, organization_fields, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .report import valid_ids
 
-log = structlog.get_logger("sensormeter.period_close")
+log = get_logger(__name__)
 
 LOOK_BACK = timedelta(hours=1)  # the shortest window, when catch-up is off or shorter
 # Worker dynos' clocks differ a little: look back a bit before the last check's start.
@@ -154,13 +154,16 @@ def _due(
     earlier = reported_before(past)
     skipped = [pair for pair in past if pair not in earlier]
     if skipped:
-        log.info("period_close.not_reported_before", organizations=len(skipped))
+        # Debug: the same ends are found again by the checks of the next few minutes.
+        log.debug("period_close.not_reported_before", organizations=len(skipped))
     return sorted(pair for pair in todo if pair[1] > now or pair in earlier)
 
 
 def close_periods() -> dict[str, Any]:
     """RQ job (every minute): queue close reports for periods ending soon or missed."""
-    result: dict[str, Any] = run_job("close_periods", _close_periods)
+    result: dict[str, Any] = run_job(
+        "close_periods", _close_periods, idle=lambda found: not found["jobs"]
+    )
     return result
 
 

@@ -12,18 +12,18 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-import structlog
 from rq import Queue
 
 from .. import ledger
 from ..defaults import STALE_MARGIN_SECONDS
+from ..logs import get_logger
 from ..models import utcnow
 from ..reporter import ChunkResult, Reporter
 from ..settings import Settings
 from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 
-log = structlog.get_logger("sensormeter.recovery")
+log = get_logger(__name__)
 
 
 def stale_after(settings: Settings) -> timedelta:
@@ -75,7 +75,9 @@ def enqueue_resend(settings: Settings, connection: redis.Redis, report_ids: list
 
 def sweep_stale_reports() -> dict[str, Any]:
     """RQ job (scheduled): resend pending rows that no job will finish."""
-    result: dict[str, Any] = run_job("sweep_stale_reports", _sweep)
+    result: dict[str, Any] = run_job(
+        "sweep_stale_reports", _sweep, idle=lambda found: not found["jobs"]
+    )
     return result
 
 

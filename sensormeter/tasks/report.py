@@ -6,12 +6,12 @@ import uuid
 from typing import Any
 
 import redis
-import structlog
 
 from .. import ledger
 from ..defaults import COALESCE_SECONDS
 from ..errors import InvalidOrganizationId, ServiceUnavailable
 from ..keys import waiting_key
+from ..logs import get_logger
 from ..report import Report
 from ..reporter import ChunkResult, Reporter
 from ..runtime import make_redis
@@ -20,7 +20,7 @@ from .envelope import JobRun, organization_fields, run_job
 from .queue import job_options, make_queue
 from .skipped import record_skipped
 
-log = structlog.get_logger("sensormeter.jobs")
+log = get_logger(__name__)
 
 # Delete the coalescing key only if it still names this job: a newer waiting job keeps its own.
 _RELEASE = (

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-import structlog
 from rq.job import Job
 from rq_scheduler import Scheduler
 
+from ..logs import get_logger
 from ..settings import Settings
 from .catchup import enqueue_catch_up
 from .fanout import report_all_sensor_counts
@@ -21,7 +21,7 @@ from .period_close import close_periods
 from .queue import JSONJob
 from .recovery import sweep_stale_reports
 
-log = structlog.get_logger("sensormeter.schedule")
+log = get_logger(__name__)
 
 HOURLY_JOB_PREFIX = "sensormeter-hourly"  # rq 2.8+ refuses ':' in job ids.
 HOURLY_CRON = "0 * * * *"

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-import structlog
 
 from ..errors import shown
 from ..keys import skipped_key
+from ..logs import get_logger
 
-log = structlog.get_logger("sensormeter.skipped")
+log = get_logger(__name__)
 
 SKIPPED_TTL_SECONDS = 2 * 24 * 3600
 MAX_SKIPPED = 100

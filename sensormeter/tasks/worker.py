@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
-import structlog
 from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
@@ -17,13 +17,26 @@ from rq.serializers import JSONSerializer
 from rq.worker import HerokuWorker, WorkerStatus
 from rq.worker_pool import WorkerPool
 
+from ..errors import ReportsFailed, RetryableReportError
 from ..keys import burst_lock_key
-from ..logs import scrub
+from ..logs import BURST_ROUNDS, QuietChatter, get_logger, scrub
 from ..runtime import make_redis
 from ..settings import Settings
 from .queue import JSONJob, make_queue
 
-log = structlog.get_logger("sensormeter.worker")
+log = get_logger(__name__)
+
+# A report job raises these after its own job.retrying / job.failed warning has said what
+# happened and why: the outcome of Stripe's answers, not a fault in the code.
+EXPECTED_FAILURES = (RetryableReportError, ReportsFailed)
+
+
+class _AtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """rq's logger with every line moved to the debug level."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log at debug whatever the level asked for."""
+        self.logger.log(logging.DEBUG, msg, *args, **kwargs)
 
 
 class ReportingWorker(HerokuWorker):
@@ -62,6 +75,25 @@ class ReportingWorker(HerokuWorker):
             super().subscribe()  # type: ignore[no-untyped-call]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """Let rq log and handle a job's exception; an expected one's traceback only at debug.
+
+        rq logs every exception a job raises at error level with its traceback (about 1 KB).
+        For a report job that will be retried, or whose retries are spent, the job's own
+        warning line is the one line that says so; unexpected errors keep their traceback.
+        """
+        if not isinstance(exc_info[1], EXPECTED_FAILURES):
+            super().handle_exception(job, *exc_info)
+            return
+        # rq's exception handlers (Sentry's, say) still run: only its log line changes. The
+        # work horse that runs this is one thread, so the swap is seen by nothing else.
+        own = self.log
+        self.log = cast(logging.Logger, _AtDebug(own, {}))
+        try:
+            super().handle_exception(job, *exc_info)
+        finally:
+            self.log = own
 
     def handle_job_failure(
         self,
@@ -138,19 +170,24 @@ def run_pool(settings: Settings, connection: redis.Redis, workers: int, burst: b
         serializer=JSONSerializer,
         job_class=JSONJob,
     )
-    pool.start(burst=burst)
+    pool.start(burst=burst, logging_level=settings.log_level)
 
 
 def _burst_worker(settings: Settings, index: int) -> None:
     """One burst worker process: work until nothing is queued, running or waiting to retry."""
     connection = make_redis(settings.redis_url)
     queue = make_queue(settings, connection)
+    # Each round below starts and stops an rq worker: its start and stop lines would come
+    # every quarter second while retries wait; worker.burst_done says when all is done.
+    logging.getLogger("rq.worker").addFilter(
+        QuietChatter(logging.getLevelNamesMapping()[settings.log_level], BURST_ROUNDS)
+    )
     worker = worker_class(settings)(
         [queue], connection=connection, serializer=JSONSerializer, job_class=JSONJob
     )
     idle_checks = 0
     while True:
-        worker.work(burst=True, with_scheduler=False)
+        worker.work(burst=True, with_scheduler=False, logging_level=settings.log_level)
         if worker.stop_signalled:  # SIGTERM/SIGINT: stop, do not take more work
             return
         queued, scheduled = pending_work(queue)

@@ -1,9 +1,9 @@
-"""structlog set-up for sensormeter's processes: done once, at process start, by the CLI.
+"""Lines that survive a shared pipe: at most :data:`MAX_LINE_BYTES` bytes, one write each.
 
-Off a terminal every line is one JSON object of at most :data:`MAX_LINE_BYTES` bytes (the
-newline included), written with a single ``write`` call. Worker processes share one stderr
-pipe, and Linux writes at most ``PIPE_BUF`` (4,096) bytes to a pipe in one piece: a line that
-is longer, or written in two calls, can be cut by another process's line.
+Worker processes share one stderr pipe, and Linux writes at most ``PIPE_BUF`` (4,096) bytes
+to a pipe in one piece: a line that is longer, or written in two calls, can be cut by another
+process's line. So every line is written with a single ``os.write``, and a JSON line that
+would be longer is shrunk to fit (:func:`fit_event`).
 """
 
 from __future__ import annotations
@@ -11,66 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import sys
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-# Stripe keys, webhook signing secrets and the password part of URLs (redis://:pw@host,
-# postgresql://u:pw@host).
-_SECRET_PATTERNS = [
-    (re.compile(r"\b(sk|rk|pk)_(live|test)_[A-Za-z0-9_]+"), r"\1_\2_***"),
-    (re.compile(r"\bwhsec_[A-Za-z0-9_]+"), "whsec_***"),
-    (
-        # The look-behind starts a scheme only where a word starts: without it, a long run
-        # of letters (a blob in a traceback) costs quadratic time, tried from every letter.
-        re.compile(
-            r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"
-        ),
-        r"\g<scheme>\g<user>:***@",
-    ),
-]
-
 MAX_LINE_BYTES = 4096  # PIPE_BUF on Linux: the most one write to a pipe keeps in one piece.
-EXAMPLES = 5  # ids a job line names as examples instead of listing every organization
 # Fields shrunk only when nothing else is left to shrink: they say what the line is.
 _ESSENTIAL = ("event", "level", "timestamp", "logger")
 _MIN_KEPT_CHARS = 32  # a field cut shorter than this is dropped instead
 _MIN_FIELD_BYTES = _MIN_KEPT_CHARS + 48  # with its name, quotes and the cut marker
 _MAX_ROUNDS = 50
-
-
-def scrub(text: str) -> str:
-    """Remove Stripe keys, webhook secrets and URL passwords from a string."""
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def examples(ids: Iterable[str], limit: int = EXAMPLES) -> list[str]:
-    """The first ``limit`` ids: what a log line names instead of a whole list."""
-    return [i for _, i in zip(range(limit), ids, strict=False)]
-
-
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_value(v) for v in value]
-    return value
-
-
-def scrub_secrets(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: scrub every string value of the event."""
-    for key, value in list(event_dict.items()):
-        event_dict[key] = _scrub_value(value)
-    return event_dict
 
 
 def write_line(stream: TextIO, line: str) -> None:
@@ -88,30 +39,6 @@ def write_line(stream: TextIO, line: str) -> None:
     data = text.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
     while data:  # a blocking write of at most PIPE_BUF bytes is complete in one call
         data = data[os.write(fd, data) :]
-
-
-class LineLogger:
-    """A structlog logger that writes each rendered line with a single write call."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def msg(self, message: str) -> None:
-        """Write one rendered line."""
-        write_line(self._stream, message)
-
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
-
-
-class LineLoggerFactory:
-    """structlog logger factory: every logger writes to ``stream`` through :class:`LineLogger`."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def __call__(self, *_args: Any) -> LineLogger:
-        """A logger for the stream (structlog passes the logger name, unused)."""
-        return LineLogger(self._stream)
 
 
 class LineHandler(logging.Handler):
@@ -230,53 +157,3 @@ class BoundedJSONRenderer:
         if _size(line) <= self.limit:
             return line
         return self.render(fit_event(dict(event_dict), self.render, self.limit))
-
-
-def configure_logging(
-    level: str = "INFO", stream: TextIO | None = None, json: bool | None = None
-) -> None:
-    """Configure structlog (JSON when not on a terminal) and stdlib logging for this process."""
-    stream = stream or sys.stderr
-    as_json = (not stream.isatty()) if json is None else json
-    # On a terminal a person reads the console format (tracebacks over several lines);
-    # elsewhere a machine reads one bounded JSON object per line.
-    renderer: Any = BoundedJSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            scrub_secrets,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
-        logger_factory=LineLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-    # Records from the standard library (RQ, rq-scheduler, peewee) go through the same
-    # scrubbing, renderer and single-write output, so a worker's stderr is all JSON lines
-    # off a terminal.
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[
-            structlog.stdlib.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-        ],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            scrub_secrets,
-            renderer,
-        ],
-    )
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_sensormeter", False)]:
-        root.removeHandler(old)
-    handler = LineHandler(stream)
-    handler.setFormatter(formatter)
-    handler._sensormeter = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(level)
-    # stripe-python logs every request at INFO; our own "report" line already says what matters.
-    logging.getLogger("stripe").setLevel(max(logging.WARNING, root.level))

@@ -174,13 +174,27 @@ def create_pending(
     with database.atomic():
         cursor: Any = database.cursor()
         if isinstance(database, peewee.PostgresqlDatabase):
-            from psycopg2.extras import execute_values
-
-            sql = f"INSERT INTO {table} ({columns}) VALUES %s ON CONFLICT (identifier) DO NOTHING"
-            execute_values(cursor, sql, rows, page_size=1000)
+            _insert_postgres(cursor, f"INSERT INTO {table} ({columns}) VALUES", rows)
         else:
             marks = ", ".join("?" * len(_INSERT_COLUMNS))
             cursor.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})", rows)
+
+
+def _insert_postgres(cursor: Any, insert: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert the rows a page of 1,000 at a time, skipping identifiers already there."""
+    conflict = "ON CONFLICT (identifier) DO NOTHING"
+    if type(cursor).__module__.startswith("psycopg2"):
+        from psycopg2.extras import execute_values
+
+        execute_values(cursor, f"{insert} %s {conflict}", rows, page_size=1000)
+        return
+    # psycopg 3 has no execute_values: one multi-row VALUES a page does the same work
+    # (15 parameters a row, well under PostgreSQL's 65,535 a statement).
+    row_marks = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+    for start in range(0, len(rows), 1000):
+        page = rows[start : start + 1000]
+        values = ", ".join([row_marks] * len(page))
+        cursor.execute(f"{insert} {values} {conflict}", [v for row in page for v in row])
 
 
 def event_key(row: LedgerRow) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime
 import peewee
 import pytest
 
+from sensormeter import ledger
 from sensormeter.db import make_database, postgres_driver
 from sensormeter.errors import ConfigurationError
 from sensormeter.migrations import plan_migrations
@@ -82,7 +83,8 @@ def postgres_with(
 
 
 def test_each_driver_creates_writes_and_reads_the_ledger(postgres_with: peewee.Database) -> None:
-    """Through either driver: tables created, a ledger row round-trips, nothing to migrate."""
+    """Through either driver: tables created, ledger rows round-trip (one by one and in bulk,
+    a repeated identifier skipped), nothing left to migrate."""
     driver = postgres_driver()
     assert type(postgres_with.connection()).__module__.split(".")[0] == driver
     create_tables(postgres_with)
@@ -97,4 +99,25 @@ def test_each_driver_creates_writes_and_reads_the_ledger(postgres_with: peewee.D
     )
     row = MeterReport.get(MeterReport.organization_id == "o1")
     assert (row.value, row.measured_at, row.status) == (7, moment, "pending")
+    bulk = [
+        ledger.NewReport(
+            f"o{n}",
+            f"active_sensors-o{n}-2026-11-30T04",
+            "cus_shared",
+            n,
+            moment,
+            "hourly",
+            datetime(2026, 11, 30, 4),
+            "event-cus_shared",
+            6,
+        )
+        for n in (1, 2, 3)
+    ]
+    ledger.create_pending(postgres_with, bulk, "active_sensors", "job-1")
+    rows = MeterReport.select().order_by(MeterReport.organization_id)
+    assert [(r.organization_id, r.value, r.event_value, r.job_id) for r in rows] == [
+        ("o1", 7, None, None),  # already there: left as it was
+        ("o2", 2, 6, "job-1"),
+        ("o3", 3, 6, "job-1"),
+    ]
     assert plan_migrations(postgres_with).statements == []

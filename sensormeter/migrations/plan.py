@@ -113,9 +113,16 @@ def plan_migrations(database: peewee.Database, *, host_tables: bool = True) -> P
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
-            record = SchemaVersion.insert(
-                version=migration.version, description=migration.description, applied_at=utcnow()
-            ).sql()
+            # No RETURNING clause (peewee's default on PostgreSQL): nothing reads it back.
+            record = (
+                SchemaVersion.insert(
+                    version=migration.version,
+                    description=migration.description,
+                    applied_at=utcnow(),
+                )
+                .returning()
+                .sql()
+            )
             statements = _statements(database, migration.operations(target))
             steps.append(Step(migration, (*statements, Statement(record[0], tuple(record[1])))))
     return Plan(tuple(setup), tuple(steps), max(done, default=0), database.param)

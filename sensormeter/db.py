@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -26,6 +27,30 @@ def tuples(query: Any) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in query.tuples()]
 
 
+# In order of preference: psycopg 3 is the maintained driver (and Django's since 4.2); psycopg2
+# still works, so a deployment that has only it keeps running unchanged.
+POSTGRES_DRIVERS = ("psycopg", "psycopg2")
+
+
+def postgres_driver() -> str:
+    """The PostgreSQL driver to use: ``psycopg`` (3) when installed, else ``psycopg2``.
+
+    Raises:
+        ConfigurationError: neither is installed.
+    """
+    for name in POSTGRES_DRIVERS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        return name
+    raise ConfigurationError(
+        "DATABASE_URL",
+        "PostgreSQL needs a driver, and neither psycopg (3) nor psycopg2 is installed: "
+        "pip install 'sensormeter[postgres]' (or psycopg2-binary)",
+    )
+
+
 def make_database(url: str) -> peewee.Database:
     """Build (without connecting) a peewee database for ``sqlite:///...`` or ``postgresql://...``."""
     parts = split_url(url, "DATABASE_URL")
@@ -44,19 +69,14 @@ def make_database(url: str) -> peewee.Database:
             timeout=30,
         )
     if parts.scheme in ("postgres", "postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            raise ConfigurationError(
-                "DATABASE_URL",
-                "PostgreSQL needs a driver: pip install 'sensormeter[postgres]'",
-            ) from None
+        driver = postgres_driver()
         return peewee.PostgresqlDatabase(
             unquote(parts.path.lstrip("/")) or "postgres",
             user=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             host=parts.hostname,
             port=parts.port,
+            prefer_psycopg3=driver == "psycopg",
             **options,
         )
     raise ConfigurationError("DATABASE_URL", f"unsupported scheme in {redact_url(url)!r}")

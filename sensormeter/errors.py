@@ -117,7 +117,20 @@ class SchemaOutdated(SensormeterError):
     def __init__(self, version: int, required: int) -> None:
         super().__init__(
             f"the database schema is at version {version}, this release needs {required}: "
-            "run 'sensormeter init-db' (it migrates in place, keeping every row)"
+            "run 'sensormeter migrate' (it upgrades in place, keeping every row; "
+            "--sql prints the SQL first)"
         )
         self.version = version
         self.required = required
+
+
+class SchemaConflict(SensormeterError):
+    """Raised when a table sensormeter would create or change exists with another shape."""
+
+    def __init__(self, table: str, problem: str, advice: str) -> None:
+        super().__init__(
+            f"table {table} exists and is not sensormeter's ({problem}): {advice}; "
+            "nothing was changed"
+        )
+        self.table = table
+        self.problem = problem

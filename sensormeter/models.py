@@ -8,7 +8,7 @@ import peewee
 
 from .db import BaseModel, make_database, tuples, utcnow
 from .errors import ServiceUnavailable
-from .migrations import SchemaVersion, migrate
+from .migrations import SchemaVersion, check_tables_fit, migrate
 from .settings import redact_url
 
 
@@ -100,7 +100,7 @@ class MeterReport(BaseModel):
     # Organizations that share a Stripe customer are billed by one event per customer: each
     # keeps its own row (its part in ``value``), and these name the event they went out in
     # and its value (the sum of the parts). NULL for an organization alone on its customer,
-    # whose event is its own row. Added by migration 1 (sensormeter/migrations.py).
+    # whose event is its own row. Added by migration 1 (sensormeter/migrations/steps.py).
     event_identifier = peewee.TextField(null=True, index=True)
     event_value = peewee.BigIntegerField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
@@ -118,6 +118,15 @@ class MeterReport(BaseModel):
 
 
 MODELS: list[type[BaseModel]] = [SchemaVersion, Organization, Subscription, Sensor, MeterReport]
+# sensormeter's own tables, created whatever the usage source; the default host tables only
+# when sensormeter reads them (no SENSORMETER_USAGE_SOURCE).
+OWN_MODELS: list[type[BaseModel]] = [SchemaVersion, MeterReport]
+HOST_MODELS: list[type[BaseModel]] = [Organization, Subscription, Sensor]
+
+
+def managed_models(host_tables: bool) -> list[type[BaseModel]]:
+    """The models whose tables sensormeter creates and migrates."""
+    return MODELS if host_tables else OWN_MODELS
 
 
 def open_database(url: str, *, create: bool = True) -> peewee.Database:
@@ -152,27 +161,42 @@ def open_database(url: str, *, create: bool = True) -> peewee.Database:
     return database
 
 
-def create_tables(database: peewee.Database) -> list[str]:
-    """Create the missing tables and bring existing ones to the current shape (idempotent).
+def create_tables(database: peewee.Database, *, host_tables: bool = True) -> list[str]:
+    """Create the missing tables and migrate existing ones to the current shape (idempotent).
 
-    Returns the names of the tables created. Existing tables are migrated first (adding
-    columns, never dropping a row), so the current models' indexes can then be created.
+    Returns the names of the tables created. Existing tables are checked first: one that does
+    not fit (a host's own ``organizations``, say) raises SchemaConflict before any DDL. Then,
+    in one transaction, the migrations bring existing tables to the current shape (adding,
+    never dropping a row) and the missing tables are created.
+
+    Args:
+        database: an open database.
+        host_tables: whether to create the default host tables too (organizations,
+            subscriptions, sensors); False when SENSORMETER_USAGE_SOURCE names the host's own.
+
+    Raises:
+        SchemaConflict: an existing table does not fit; nothing was changed.
     """
+    models = managed_models(host_tables)
+    check_tables_fit(database, models)
     existing = set(database.get_tables())
+    missing = [m for m in models if m._meta.table_name not in existing]
     with database.atomic():
-        database.create_tables([SchemaVersion], safe=True)
-        migrate(database)
-        database.create_tables(MODELS, safe=True)
-        if isinstance(database, peewee.PostgresqlDatabase) and "sensors" not in existing:
+        migrate(database, host_tables=host_tables)
+        # Only the missing tables: an existing table changes through migrations alone.
+        database.create_tables(missing, safe=True)
+        if isinstance(database, peewee.PostgresqlDatabase) and Sensor in missing:
             # CURRENT_TIMESTAMP would be converted to the session's time zone here.
             database.execute_sql(
                 "ALTER TABLE sensors ALTER COLUMN created_at SET DEFAULT (now() AT TIME ZONE 'utc')"
             )
-    return [m._meta.table_name for m in MODELS if m._meta.table_name not in existing]
+    return [m._meta.table_name for m in missing]
 
 
 __all__ = [
+    "HOST_MODELS",
     "MODELS",
+    "OWN_MODELS",
     "BaseModel",
     "MeterReport",
     "Organization",
@@ -180,6 +204,7 @@ __all__ = [
     "Sensor",
     "Subscription",
     "create_tables",
+    "managed_models",
     "make_database",
     "open_database",
     "tuples",

@@ -8,7 +8,7 @@ import warnings
 import click
 
 from ..logs import configure_logging
-from ..settings import Settings, redact_url
+from ..settings import Settings
 from .common import (
     BadArgument,
     Number,
@@ -21,6 +21,7 @@ from .common import (
 )
 from .ops import check, metrics
 from .repair import backfill, reconcile, retry_failed
+from .schema import init_db, migrate
 from .status import failed, status
 
 
@@ -32,30 +33,6 @@ def main() -> None:
     Configuration comes from the environment: REDIS_URL, DATABASE_URL, STRIPE_API_KEY,
     STRIPE_API_BASE, SENSORMETER_* (see docs/configuration.md).
     """
-
-
-@main.command("init-db")
-@friendly_errors
-def init_db() -> None:
-    """Create the missing tables and migrate existing ones in place (safe to run again)."""
-    from ..migrations import MIGRATIONS, applied_versions
-    from ..models import MeterReport, create_tables, open_database
-
-    settings = load_settings()
-    database = open_database(settings.database_url)
-    had_ledger = MeterReport._meta.table_name in database.get_tables()
-    done = applied_versions(database)
-    created = create_tables(database)
-    where = redact_url(settings.database_url)
-    click.echo(
-        f"created tables {', '.join(created)} in {where}" if created else f"tables exist in {where}"
-    )
-    if had_ledger:
-        for migration in MIGRATIONS:
-            if migration.version not in done:
-                click.echo(
-                    f"migrated to schema version {migration.version}: {migration.description}"
-                )
 
 
 @main.command("report")
@@ -187,7 +164,17 @@ def demo_command(workers: int) -> None:
     sys.exit(run_demo(settings, click.echo, workers=workers))
 
 
-for command in (status, failed, reconcile, retry_failed, backfill, check, metrics):
+for command in (
+    status,
+    failed,
+    reconcile,
+    retry_failed,
+    backfill,
+    check,
+    metrics,
+    init_db,
+    migrate,
+):
     main.add_command(command)
 
 

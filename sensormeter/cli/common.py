@@ -82,7 +82,8 @@ def friendly_errors(func: F) -> F:
             fail(f"cannot reach Redis: {exc}")
         except peewee.DatabaseError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = "" if "init-db" in sys.argv else " (did you run 'sensormeter init-db'?)"
+            schema_command = {"init-db", "migrate"} & set(sys.argv)
+            hint = "" if schema_command else " (did you run 'sensormeter init-db'?)"
             fail(f"database error: {first}{hint}")
 
     return wrapper  # type: ignore[return-value]

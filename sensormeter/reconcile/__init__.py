@@ -145,8 +145,9 @@ def _stream(query: Any) -> Iterator[tuple[Any, ...]]:
     if not isinstance(database, peewee.PostgresqlDatabase):
         yield from query.tuples().iterator()  # SQLite steps through the result row by row
         return
-    # psycopg2's default cursor loads the whole result at once (about 250 bytes a row, and a
-    # fleet's window has millions); a named cursor fetches it in batches. WITH HOLD, because
+    # The drivers' default cursors (psycopg2's and psycopg 3's) load the whole result at once
+    # (about 250 bytes a row, and a fleet's window has millions); a named cursor fetches it
+    # in batches. WITH HOLD, because
     # peewee's connections are in autocommit and a plain named cursor needs a transaction.
     sql, params = query.sql()
     cursor = database.connection().cursor(name=f"reconcile_{uuid.uuid4().hex}", withhold=True)

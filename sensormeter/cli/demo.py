@@ -110,8 +110,11 @@ def leave_nothing_behind(scheduler: Any, queue_name: str) -> None:
         connection.delete(f"rq:results:{job_id}")
     connection.delete(*(registry.key for registry in registries))
     queue.delete(delete_jobs=True)  # the queue's key, and its name in rq:queues
-    for key in connection.scan_iter(match=f"{PREFIX}:{queue_name}:*", count=1000):
-        connection.delete(key)
+    # rq's own keys under the queue's name (its intermediate queue and first-seen marks) and
+    # sensormeter's keys of the queue.
+    for pattern in (f"{queue.key}:*", f"{PREFIX}:{queue_name}:*"):
+        for key in connection.scan_iter(match=pattern, count=1000):
+            connection.delete(key)
 
 
 def run_demo(base: Settings, echo: Callable[[str], None], workers: int = 5) -> int:

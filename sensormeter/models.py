@@ -129,7 +129,7 @@ def managed_models(host_tables: bool) -> list[type[BaseModel]]:
     return MODELS if host_tables else OWN_MODELS
 
 
-def open_database(url: str, *, create: bool = True) -> peewee.Database:
+def open_database(url: str, *, create: bool = True, bind: bool = True) -> peewee.Database:
     """Build the database, bind the models to it and check that it answers.
 
     Args:
@@ -137,6 +137,8 @@ def open_database(url: str, *, create: bool = True) -> peewee.Database:
         create: whether a SQLite file that does not exist may be created. Only
             ``sensormeter init-db`` and ``demo`` create one; everything else passes False,
             so that a mistyped path is an error instead of a new, empty database.
+        bind: whether to bind sensormeter's models to it. Readers that pass the database
+            to every query (the metrics in a host's web process) leave the host's binding.
 
     Raises:
         ConfigurationError: the URL is malformed or its driver is missing.
@@ -152,7 +154,8 @@ def open_database(url: str, *, create: bool = True) -> peewee.Database:
                 redact_url(url),
                 f"no SQLite database at {os.path.abspath(path)} (run 'sensormeter init-db' first)",
             )
-    database.bind(MODELS)
+    if bind:
+        database.bind(MODELS)
     try:
         database.connect(reuse_if_open=True)
     except peewee.OperationalError as exc:

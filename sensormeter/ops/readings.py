@@ -14,7 +14,6 @@ hours is never repeated here: the last catch-up's finding is read from Redis.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,11 +22,9 @@ import redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq_scheduler import Scheduler
 
-from ..db import make_database
-from ..errors import ServiceUnavailable
 from ..hours import hour_start
-from ..models import MeterReport
-from ..settings import Settings, redact_url
+from ..models import MeterReport, open_database
+from ..settings import Settings
 from ..tasks.queue import make_queue
 from ..tasks.schedule import close_job_id, hourly_job_id, sweep_job_id
 
@@ -45,19 +42,7 @@ def connect_database(url: str) -> peewee.Database:
         ServiceUnavailable: the database does not answer, or the SQLite file does not exist
             (reading must never create one).
     """
-    database = make_database(url)
-    if isinstance(database, peewee.SqliteDatabase):
-        path = str(database.database)
-        if path != ":memory:" and not os.path.exists(path):
-            raise ServiceUnavailable(
-                "the database", redact_url(url), f"no SQLite database at {os.path.abspath(path)}"
-            )
-    try:
-        database.connect(reuse_if_open=True)
-    except peewee.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ServiceUnavailable("the database", redact_url(url), reason) from None
-    return database
+    return open_database(url, create=False, bind=False)
 
 
 def naive(value: Any) -> datetime | None:

@@ -1,7 +1,8 @@
 """sensormeter: report each organization's active-sensor count to a Stripe Billing Meter.
 
 The public API, grouped by what a host does with it (README.md, "Public API"): queue
-reports, run the RQ side, plug in its data, plug in Stripe, handle webhooks, catch errors.
+reports, run the RQ side, plug in its data, plug in Stripe, handle webhooks, watch it, catch
+errors.
 Everything else is internal: importable from its module, but not promised.
 """
 
@@ -22,6 +23,7 @@ from .errors import (
 )
 from .meters import InMemoryMeterClient, StripeMeterClient, StripeStreamClient
 from .meters.base import MeterClient, MeterEvent
+from .ops.metrics import make_metrics_app
 from .settings import Settings
 from .tasks.fanout import enqueue_fanout, report_all_sensor_counts
 from .tasks.report import enqueue_sensor_report, process_meter_report
@@ -80,6 +82,8 @@ __all__ = [
     # Handle webhooks
     "WebhookResult",
     "handle_stripe_webhook",
+    # Watch it (metrics in the host's own web process)
+    "make_metrics_app",
     # Errors
     "ConfigurationError",
     "InvalidOrganizationId",

@@ -22,7 +22,7 @@ from rq.registry import FailedJobRegistry
 from sensormeter import ledger
 from sensormeter.hours import hour_start
 from sensormeter.models import MeterReport, utcnow
-from sensormeter.ops.metrics import make_metrics_server, make_registry, make_wsgi_app
+from sensormeter.ops.metrics import make_metrics_app, make_metrics_server, make_registry
 from sensormeter.ops.readings import window_start
 from sensormeter.runtime import Runtime
 from sensormeter.settings import Settings
@@ -243,8 +243,8 @@ class TestServing:
     def test_the_wsgi_app_serves_the_same_exposition_where_it_is_mounted(
         self, runtime: Runtime, fleet: dict[str, object]
     ) -> None:
-        """A host mounts ``make_wsgi_app(settings)`` under its own path and auth."""
-        app = make_wsgi_app(runtime.settings)
+        """A host mounts ``make_metrics_app(settings)`` under its own path and auth."""
+        app = make_metrics_app(runtime.settings)
         environ: dict[str, object] = {"PATH_INFO": "/internal/metrics", "REQUEST_METHOD": "GET"}
         setup_testing_defaults(environ)
         answer: list[str] = []

@@ -2,7 +2,7 @@
 
 Nothing is counted in the process (no prometheus_client multiprocess directory, no shared
 state): each scrape asks the database and Redis, so the numbers are the same whichever
-process serves them. Serve them with ``sensormeter metrics`` or mount :func:`make_wsgi_app`
+process serves them. Serve them with ``sensormeter metrics`` or mount :func:`make_metrics_app`
 in a web process of your own, behind its authentication (docs/operations.md).
 """
 
@@ -167,11 +167,11 @@ def make_registry(settings: Settings) -> CollectorRegistry:
     return registry
 
 
-def make_wsgi_app(settings: Settings) -> WSGIApp:
+def make_metrics_app(settings: Settings) -> WSGIApp:
     """A WSGI app serving the metrics as Prometheus text, on any path it is mounted at.
 
     Mount it in the host's own web process behind the host's authentication, e.g. with
-    werkzeug's ``DispatcherMiddleware(app, {"/internal/metrics": make_wsgi_app(settings)})``.
+    werkzeug's ``DispatcherMiddleware(app, {"/internal/metrics": make_metrics_app(settings)})``.
     """
     app: WSGIApp = prometheus_wsgi_app(make_registry(settings))
     return app
@@ -203,7 +203,7 @@ def make_metrics_server(settings: Settings, host: str, port: int) -> WSGIServer:
     return make_server(
         host,
         port,
-        _routes(make_wsgi_app(settings)),
+        _routes(make_metrics_app(settings)),
         server_class=_ThreadingServer,
         handler_class=_QuietHandler,
     )

@@ -85,8 +85,11 @@ def test_sigterm_mid_job_is_retried_not_lost(
             pool.wait()
     # The job was cut off, not finished: it is still to be sent, and queued again by RQ.
     pool_log.seek(0)
-    shown = pool_log.read().decode(errors="replace")[-4000:]
+    written = pool_log.read().decode(errors="replace")
+    shown = written[-4000:]
     assert MeterReport.get().status == "pending", shown
+    # An expected cut-off: the job's own job.failed line says it is retried, no traceback.
+    assert "ShutDownImminentException" in written and "Traceback" not in written, shown
     emulator.set_latency(0)
     # The cut-off job was handed back to RQ (queued, or waiting for its retry): run it again.
     burst = subprocess.run(

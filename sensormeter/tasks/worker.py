@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import redis
 from rq import Queue
+from rq.exceptions import ShutDownImminentException
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -28,7 +29,8 @@ log = get_logger(__name__)
 
 # A report job raises these after its own job.retrying / job.failed warning has said what
 # happened and why: the outcome of Stripe's answers, not a fault in the code.
-EXPECTED_FAILURES = (RetryableReportError, ReportsFailed)
+# A job cut off at shutdown is retried too; its job.failed line says so (will_retry).
+EXPECTED_FAILURES = (RetryableReportError, ReportsFailed, ShutDownImminentException)
 
 
 class _AtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]

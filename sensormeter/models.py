@@ -9,6 +9,7 @@ import peewee
 from .db import BaseModel, make_database, tuples, utcnow
 from .errors import ServiceUnavailable
 from .migrations import SchemaVersion, check_tables_fit, migrate
+from .migrations.tables import BillableInterval, Quarantine
 from .settings import redact_url
 
 
@@ -76,7 +77,13 @@ class MeterReport(BaseModel):
     SENT = "sent"
     FAILED = "failed"
     REJECTED = "rejected"
-    STATUSES = (PENDING, SENT, FAILED, REJECTED)
+    # Kept back before sending, never sent (yet): by the anomaly guard (a release or a recount
+    # sends it), because Stripe refuses the customer or the meter itself (a quarantine
+    # release sends it), or for good because a newer report of the customer was delivered.
+    HELD = "held"
+    QUARANTINED = "quarantined"
+    SUPERSEDED = "superseded"
+    STATUSES = (PENDING, SENT, FAILED, REJECTED, HELD, QUARANTINED, SUPERSEDED)
 
     id = peewee.AutoField()
     HOURLY = "hourly"
@@ -103,6 +110,10 @@ class MeterReport(BaseModel):
     # whose event is its own row. Added by migration 1 (sensormeter/migrations/steps.py).
     event_identifier = peewee.TextField(null=True, index=True)
     event_value = peewee.BigIntegerField(null=True)
+    # Why a row was kept back (held, quarantined, superseded), as JSON: the rule or Stripe's
+    # code, the readings it was judged on, the first reading of a held row that a recount
+    # replaced. NULL for a row that went out as it was counted. Added by migration 3.
+    evidence = peewee.TextField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
     sent_at = peewee.DateTimeField(null=True)
@@ -117,10 +128,18 @@ class MeterReport(BaseModel):
         )
 
 
-MODELS: list[type[BaseModel]] = [SchemaVersion, Organization, Subscription, Sensor, MeterReport]
+MODELS: list[type[BaseModel]] = [
+    SchemaVersion,
+    Organization,
+    Subscription,
+    Sensor,
+    MeterReport,
+    BillableInterval,
+    Quarantine,
+]
 # sensormeter's own tables, created whatever the usage source; the default host tables only
 # when sensormeter reads them (no SENSORMETER_USAGE_SOURCE).
-OWN_MODELS: list[type[BaseModel]] = [SchemaVersion, MeterReport]
+OWN_MODELS: list[type[BaseModel]] = [SchemaVersion, MeterReport, BillableInterval, Quarantine]
 HOST_MODELS: list[type[BaseModel]] = [Organization, Subscription, Sensor]
 
 
@@ -201,8 +220,10 @@ __all__ = [
     "MODELS",
     "OWN_MODELS",
     "BaseModel",
+    "BillableInterval",
     "MeterReport",
     "Organization",
+    "Quarantine",
     "SchemaVersion",
     "Sensor",
     "Subscription",

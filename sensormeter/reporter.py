@@ -11,6 +11,7 @@ from typing import Any
 
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
+from .gate import Gate
 from .ledger import LedgerRow, NewReport
 from .logs import get_logger
 from .meters.base import MeterClient, MeterEvent, SendResult, classify_error
@@ -82,10 +83,19 @@ def _count_problem(count: object) -> str | None:
 class Reporter:
     """Counts, records and sends the reports of one chunk; idempotent by identifier."""
 
-    def __init__(self, source: UsageSource, meter: MeterClient, event_name: str) -> None:
+    def __init__(
+        self,
+        source: UsageSource,
+        meter: MeterClient,
+        event_name: str,
+        gates: Sequence[Gate] = (),
+    ) -> None:
         self.source = source
         self.meter = meter
         self.event_name = event_name
+        # Asked in order before sending (see gate.py); a row the first keeps back is not
+        # shown to the next.
+        self.gates = list(gates)
 
     def identifiers(self, organization_ids: Sequence[str], report: Report) -> dict[str, str]:
         """Each organization's identifier for this report (fixed before any attempt)."""
@@ -292,6 +302,7 @@ class Reporter:
                 to_send.append((key, row))
             else:
                 result.statuses[key] = str(row.status)  # Done by an earlier run: nothing to send.
+        to_send = self._pass_gates(database, to_send, result, job_id)
         events: dict[str, MeterEvent] = {}
         answers: dict[str, SendResult] = {}
         for _, row in to_send:
@@ -309,6 +320,11 @@ class Reporter:
         statuses = ledger.record_attempts(
             database, [row for _, row in to_send], attempts, final_attempt=final_attempt
         )
+        for gate in self.gates:
+            try:
+                gate.observe(database, [row for _, row in to_send], attempts)
+            except Exception:  # noqa: BLE001 (the attempts are recorded; a gate costs only itself)
+                log.exception("gate.observe_failed", gate=type(gate).__name__, job_id=job_id)
         for (key, row), attempt, status in zip(to_send, attempts, statuses, strict=True):
             result.statuses[key] = status
             if attempt.error and not attempt.outcome.delivered:
@@ -327,6 +343,45 @@ class Reporter:
                 error=attempt.error if not attempt.outcome.delivered else None,
                 job_id=job_id,
             )
+
+    def _pass_gates(
+        self,
+        database: Any,
+        to_send: list[tuple[str, LedgerRow]],
+        result: ChunkResult,
+        job_id: str | None,
+    ) -> list[tuple[str, LedgerRow]]:
+        """The rows every gate lets through; the others get the gate's status and evidence.
+
+        A shared customer's parts go out as one event: a gate that keeps one part back keeps
+        back every part of that event, so the event never goes out with a partial sum.
+        """
+        for gate in self.gates:
+            if not to_send:
+                break
+            kept = gate.keep_back(database, [row for _, row in to_send])
+            if not kept:
+                continue
+            events = {ledger.event_key(row) for _, row in to_send if row.id in kept}
+            first = {ledger.event_key(row): kept[row.id] for _, row in to_send if row.id in kept}
+            held = [(key, row) for key, row in to_send if ledger.event_key(row) in events]
+            decisions = {row.id: first[ledger.event_key(row)] for _, row in held}
+            ledger.keep_back(database, {i: (d.status, d.evidence) for i, d in decisions.items()})
+            for key, row in held:
+                decision = decisions[row.id]
+                row.status = decision.status
+                result.statuses[key] = decision.status
+                log.warning(
+                    "report.kept_back",
+                    organization_id=row.organization_id,
+                    identifier=row.identifier,
+                    value=int(row.value),
+                    status=decision.status,
+                    evidence=decision.evidence,
+                    job_id=job_id,
+                )
+            to_send = [(key, row) for key, row in to_send if ledger.event_key(row) not in events]
+        return to_send
 
     def _send(self, events: list[MeterEvent]) -> list[SendResult]:
         """The meter client's answers, one per event, even when the client itself fails."""

@@ -15,10 +15,12 @@ import peewee
 import redis
 
 from .errors import ConfigurationError, ServiceUnavailable
+from .gate import Gate
 from .meters import make_meter_client
 from .meters.base import MeterClient
 from .migrations import check_schema
 from .models import open_database
+from .reporter import Reporter
 from .settings import Settings, redact_url, split_url
 from .usage import UsageSource, load_usage_source
 
@@ -56,6 +58,8 @@ class Runtime:
     redis: redis.Redis
     source: UsageSource
     meter: MeterClient
+    # What may keep a report back before it is sent (gate.py), asked in this order.
+    gates: list[Gate] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
 
     @classmethod
@@ -84,6 +88,10 @@ class Runtime:
             source=load_usage_source(settings, database),
             meter=meter if meter is not None else make_meter_client(settings, connection),
         )
+
+    def reporter(self) -> Reporter:
+        """The processor for this process's source, Stripe client, event name and gates."""
+        return Reporter(self.source, self.meter, self.settings.meter_event_name, self.gates)
 
     def close(self) -> None:
         """Close the database connection and the Redis pool."""

@@ -60,7 +60,8 @@ class TestWithAUsageSource:
         made = cli(hosted, "init-db")
         assert made.returncode == 0, made.stderr
         assert made.stdout.splitlines()[0] == (
-            f"created tables sensormeter_schema_version, meter_reports in {settings.database_url}"
+            "created tables sensormeter_schema_version, meter_reports, "
+            f"sensormeter_billable_history, sensormeter_quarantine in {settings.database_url}"
         )
         runtime = Runtime.build(hosted)  # checks the schema as a worker does
         try:
@@ -68,6 +69,8 @@ class TestWithAUsageSource:
             assert sorted(db.get_tables()) == [
                 "meter_reports",
                 "organizations",
+                "sensormeter_billable_history",
+                "sensormeter_quarantine",
                 "sensormeter_schema_version",
             ]
             assert shape(db)["organizations"] == host_before
@@ -172,6 +175,6 @@ class TestWithTheDefaultSource:
         made = cli(settings, "init-db")
         assert made.returncode == 0, made.stderr
         assert made.stdout.splitlines()[0] == (
-            "created tables sensormeter_schema_version, subscriptions, sensors, meter_reports "
-            f"in {settings.database_url}"
+            "created tables sensormeter_schema_version, subscriptions, sensors, meter_reports, "
+            f"sensormeter_billable_history, sensormeter_quarantine in {settings.database_url}"
         )

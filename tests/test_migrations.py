@@ -192,8 +192,17 @@ def test_migrate_sql_prints_the_statements_and_changes_nothing(
         'CREATE INDEX "subscription_stripe_customer_id" ON "subscriptions"',
         'CREATE INDEX "subscription_current_period_start" ON "subscriptions"',
         'INSERT INTO "sensormeter_schema_version"',
+        'ALTER TABLE "meter_reports" ADD COLUMN "evidence" TEXT;',
+        'CREATE TABLE IF NOT EXISTS "sensormeter_billable_history"',
+        'CREATE INDEX IF NOT EXISTS "billableinterval_organization_id_last_hour" ON '
+        + '"sensormeter_billable_history"',
+        'CREATE INDEX IF NOT EXISTS "billableinterval_stripe_customer_id_last_hour" ON '
+        + '"sensormeter_billable_history"',
+        'CREATE TABLE IF NOT EXISTS "sensormeter_quarantine"',
+        'CREATE INDEX IF NOT EXISTS "quarantine_scope_subject" ON "sensormeter_quarantine"',
+        'INSERT INTO "sensormeter_schema_version"',
     ]
-    assert "from schema version 0 to 2; nothing was changed" in printed.stdout
+    assert "from schema version 0 to 3; nothing was changed" in printed.stdout
     dry = cli(settings, "migrate", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert len(dry.stdout.splitlines()) == len(printed.stdout.splitlines())

@@ -82,7 +82,6 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
     from ..hours import format_hour, hour_start, parse_hour_option
     from ..models import utcnow
     from ..report import Report
-    from ..reporter import Reporter
     from ..runtime import Runtime
     from ..tasks.catchup import backfill_window, iter_gaps
 
@@ -113,7 +112,7 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
             for label, orgs in plan:
                 click.echo(f"  {label}: {', '.join(orgs)}")
             return
-        reporter = Reporter(runtime.source, runtime.meter, settings.meter_event_name)
+        reporter = runtime.reporter()
         outcomes: dict[str, int] = {}
         with click.progressbar(
             length=total, label="backfilling", file=sys.stderr, show_pos=True

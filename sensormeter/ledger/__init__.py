@@ -25,6 +25,7 @@ from .rows import (
     find_by_event,
     find_by_ids,
     ids_to_resend,
+    keep_back,
     record_attempts,
     summary,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "find_by_ids",
     "hourly_identifier",
     "ids_to_resend",
+    "keep_back",
     "on_demand_identifier",
     "organization_id_problem",
     "record_attempts",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -281,6 +282,29 @@ def record_attempts(
                 }
             ).where(MeterReport.id == row.id).execute()
     return statuses
+
+
+def keep_back(database: peewee.Database, kept: dict[int, tuple[str, dict[str, Any]]]) -> None:
+    """Give rows that are not to be sent a status (held, quarantined, ...) and their evidence.
+
+    ``kept`` maps a row's id to (status, evidence); the evidence is stored as JSON. A row
+    another run sent meanwhile keeps ``sent``: only pending or failed rows change.
+    """
+    if not kept:
+        return
+    now = utcnow()
+    with database.atomic():
+        for row_id, (status, evidence) in kept.items():
+            MeterReport.update(
+                {
+                    MeterReport.status: status,
+                    MeterReport.evidence: json.dumps(evidence, sort_keys=True, default=str),
+                    MeterReport.updated_at: now,
+                }
+            ).where(
+                (MeterReport.id == row_id)
+                & MeterReport.status.in_((MeterReport.PENDING, MeterReport.FAILED))
+            ).execute()
 
 
 def summary() -> dict[str, int]:

@@ -94,9 +94,7 @@ class QuietChatter(logging.Filter):
     it itself unless debug lines are written (``level``).
     """
 
-    def __init__(
-        self, level: int, chatter: Mapping[str, frozenset[str]] | None = None
-    ) -> None:
+    def __init__(self, level: int, chatter: Mapping[str, frozenset[str]] | None = None) -> None:
         super().__init__()
         self.level = level
         self.chatter = CHATTER if chatter is None else chatter

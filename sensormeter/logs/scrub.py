@@ -53,4 +53,3 @@ def scrub_secrets(
     for key, value in list(event_dict.items()):
         event_dict[key] = scrub_value(value)
     return event_dict
-

@@ -15,13 +15,19 @@ from typing import Any
 import peewee
 from playhouse.migrate import SchemaMigrator
 
+from .tables import ADDED_TABLES
+
 LEDGER_TABLE = "meter_reports"
 SUBSCRIPTIONS_TABLE = "subscriptions"
 
 # The columns that migrations add to an existing table: a table without them still fits the
 # release that made it, and `migrate` brings it to the current shape.
 ADDED_COLUMNS: frozenset[tuple[str, str]] = frozenset(
-    {(LEDGER_TABLE, "event_identifier"), (LEDGER_TABLE, "event_value")}
+    {
+        (LEDGER_TABLE, "event_identifier"),
+        (LEDGER_TABLE, "event_value"),
+        (LEDGER_TABLE, "evidence"),
+    }
 )
 
 
@@ -98,12 +104,37 @@ def _subscription_lookups(target: Target) -> list[Any]:
     )
 
 
+def _billing_truth(target: Target) -> list[Any]:
+    """meter_reports gains evidence; the billable history and quarantine tables appear."""
+    operations: list[Any] = []
+    if LEDGER_TABLE in target.tables and "evidence" not in target.columns(LEDGER_TABLE):
+        operations.append(
+            target.migrator.add_column(LEDGER_TABLE, "evidence", peewee.TextField(null=True))
+        )
+    for model in ADDED_TABLES:
+        if model._meta.table_name in target.tables:
+            continue
+        # Built, not run: the plan runs (or prints) every statement itself.
+        manager = peewee.SchemaManager(model, target.database)
+        operations.append(manager._create_table(safe=True))  # type: ignore[attr-defined]
+        operations += [
+            manager._create_index(index, safe=True)  # type: ignore[attr-defined]
+            for index in model._meta.fields_to_index()
+        ]
+    return operations
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meter_reports: event_identifier, event_value", _shared_customer_events),
     Migration(
         2,
         "subscriptions: indexes on stripe_customer_id, current_period_start",
         _subscription_lookups,
+    ),
+    Migration(
+        3,
+        "meter_reports: evidence; tables sensormeter_billable_history, sensormeter_quarantine",
+        _billing_truth,
     ),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version

@@ -32,7 +32,7 @@ from ..keys import close_checked_key, close_queued_key
 from ..logs import get_logger
 from ..models import MeterReport, tuples, utcnow
 from ..report import Report
-from ..reporter import ChunkResult, Reporter
+from ..reporter import ChunkResult
 from ..settings import Settings
 from .envelope import JobRun, organization_fields, run_job
 from .queue import enqueue_batch, job_options, make_queue
@@ -57,9 +57,7 @@ def report_period_close(organization_ids: list[str], period_end: str) -> dict[st
 
     def body(run: JobRun) -> ChunkResult:
         report = Report.period_close(datetime.fromisoformat(period_end))
-        reporter = Reporter(
-            run.runtime.source, run.runtime.meter, run.runtime.settings.meter_event_name
-        )
+        reporter = run.runtime.reporter()
         result = reporter.run(
             run.runtime.database,
             organization_ids,

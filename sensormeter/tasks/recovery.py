@@ -18,7 +18,7 @@ from .. import ledger
 from ..defaults import STALE_MARGIN_SECONDS
 from ..logs import get_logger
 from ..models import utcnow
-from ..reporter import ChunkResult, Reporter
+from ..reporter import ChunkResult
 from ..settings import Settings
 from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
@@ -38,8 +38,7 @@ def resend_reports(report_ids: list[int]) -> dict[str, Any]:
     """RQ job: send the given ledger rows again (same identifier and value); safe to rerun."""
 
     def body(run: JobRun) -> ChunkResult:
-        settings = run.runtime.settings
-        reporter = Reporter(run.runtime.source, run.runtime.meter, settings.meter_event_name)
+        reporter = run.runtime.reporter()
         result = reporter.resend(
             run.runtime.database, report_ids, job_id=run.job_id, final_attempt=run.final_attempt
         )

@@ -13,7 +13,7 @@ from ..errors import InvalidOrganizationId, ServiceUnavailable
 from ..keys import waiting_key
 from ..logs import get_logger
 from ..report import Report
-from ..reporter import ChunkResult, Reporter
+from ..reporter import ChunkResult
 from ..runtime import make_redis
 from ..settings import Settings, redact_url
 from .envelope import JobRun, organization_fields, run_job
@@ -100,7 +100,7 @@ def process_meter_report(
                 run.runtime.redis.eval(
                     _RELEASE, 1, waiting_key(settings.queue_name, org), run.job_id
                 )
-        reporter = Reporter(run.runtime.source, run.runtime.meter, settings.meter_event_name)
+        reporter = run.runtime.reporter()
         return reporter.run(
             run.runtime.database,
             orgs,

@@ -23,6 +23,7 @@ from .ops import check, metrics
 from .repair import backfill, reconcile, retry_failed
 from .schema import init_db, migrate
 from .status import failed, status
+from .unbilled import unbilled
 
 
 @click.group()
@@ -174,6 +175,7 @@ for command in (
     metrics,
     init_db,
     migrate,
+    unbilled,
 ):
     main.add_command(command)
 

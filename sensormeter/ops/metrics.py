@@ -28,6 +28,7 @@ from ..runtime import make_redis
 from ..settings import Settings
 from ..tasks.catchup import last_finding
 from ..tasks.recovery import stale_after
+from ..usage.unbilled import UnbilledTotals, last_totals
 from .readings import (
     QUEUE_STATES,
     connect_database,
@@ -126,6 +127,7 @@ class SensormeterCollector(Collector):
             jobs = queue_jobs(settings, connection)
             registered = registrations(connection, settings.queue_name)
             finding = last_finding(connection, settings.queue_name)
+            unbilled = last_totals(connection, settings.queue_name)
         finally:
             connection.close()
         queue = GaugeMetricFamily(
@@ -157,7 +159,33 @@ class SensormeterCollector(Collector):
                     finding.checked_at,
                 )
             )
+        if unbilled is not None:  # absent until a survey has run (and for a source without it)
+            metrics.extend(_unbilled_metrics(unbilled))
         return metrics
+
+
+def _unbilled_metrics(found: UnbilledTotals) -> list[Metric]:
+    """The last unbilled-usage survey's totals by reason (stored in Redis by its job)."""
+    sensors = GaugeMetricFamily(
+        "sensormeter_unbilled_sensors",
+        "Active sensors of organizations that are not billed, by reason, as the last "
+        "hourly survey found them",
+        labels=["reason"],
+    )
+    organizations = GaugeMetricFamily(
+        "sensormeter_unbilled_organizations",
+        "Organizations with active sensors that are not billed, by reason (last survey)",
+        labels=["reason"],
+    )
+    for reason in sorted(found.sensors):
+        sensors.add_metric([reason], found.sensors[reason])
+        organizations.add_metric([reason], found.organizations.get(reason, 0))
+    survey = _gauge(
+        "sensormeter_unbilled_last_survey_timestamp_seconds",
+        "When the last unbilled-usage survey completed",
+        found.checked_at,
+    )
+    return [sensors, organizations, survey]
 
 
 def make_registry(settings: Settings) -> CollectorRegistry:

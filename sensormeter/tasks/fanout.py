@@ -19,6 +19,7 @@ from .catchup import enqueue_catch_up
 from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .report import process_meter_report
+from .unbilled import enqueue_unbilled_survey
 
 log = get_logger(__name__)
 
@@ -67,6 +68,8 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
     if hour is None:
         # Every hourly tick also looks back for hours left without a delivered report.
         catchup_job = enqueue_catch_up(settings, runtime.redis, include_current=False)
+        # ... and counts the active sensors nobody is billed for (the unbilled metrics).
+        enqueue_unbilled_survey(settings, runtime.redis)
     log.info(
         "fanout.completed",
         hour=label,

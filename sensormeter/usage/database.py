@@ -9,7 +9,12 @@ from typing import Any
 import peewee
 
 from ..models import Organization, Sensor, Subscription, tuples, utcnow
-from .source import BLANKS, ends_in_window
+from .source import BLANKS, NO_CUSTOMER, NO_SUBSCRIPTION, UnbilledUsage, ends_in_window
+
+
+def _any(condition: peewee.Expression) -> peewee.Function:
+    """1 when ``condition`` holds for some row of the group, else 0."""
+    return peewee.fn.MAX(peewee.Case(None, [(condition, 1)], 0))
 
 
 class DatabaseUsageSource:
@@ -153,6 +158,56 @@ class DatabaseUsageSource:
             if status in statuses and customer
         ]
         return ends_in_window(rows, after, until)
+
+    def unbilled_usage(self) -> list[UnbilledUsage]:
+        """Organizations with active sensors that are not billable, and why (one query).
+
+        Counts every active sensor of the fleet (a GROUP BY over ``sensors``) and joins each
+        organization's subscriptions, summarized; the reason is the status of its newest
+        subscription, unless a billable one lacks its customer id or it has none. Runs on
+        ``self.database`` without the models' binding (a metrics process keeps its own).
+        """
+        org = Sensor.organization_id  # type: ignore[attr-defined]
+        alive = (
+            (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
+            & Sensor.deleted_at.is_null()
+            & (Sensor.created_at <= utcnow())
+        )
+        counts = (
+            Sensor.select(org.alias("org"), peewee.fn.COUNT(Sensor.id).alias("n"))
+            .where(alive)
+            .group_by(org)
+            .alias("counts")
+        )
+        sub_org = Subscription.organization_id  # type: ignore[attr-defined]
+        subs = (
+            Subscription.select(
+                sub_org.alias("org"),
+                _any(self._billable()).alias("billable"),
+                _any(Subscription.status.in_(self.statuses)).alias("status_ok"),
+                peewee.fn.MAX(Subscription.id).alias("newest"),
+            )
+            .group_by(sub_org)
+            .alias("subs")
+        )
+        newest = Subscription.alias("newest")
+        query = (
+            peewee.Select([counts], [counts.c.org, counts.c.n, subs.c.status_ok, newest.status])
+            .join(subs, peewee.JOIN.LEFT_OUTER, on=(subs.c.org == counts.c.org))
+            .join(newest, peewee.JOIN.LEFT_OUTER, on=(newest.id == subs.c.newest))
+            .where(subs.c.billable.is_null() | (subs.c.billable == 0))
+            .order_by(counts.c.org)
+        )
+        found = []
+        for org_id, n, status_ok, status in query.tuples().execute(self.database):
+            if status_ok is None:
+                reason = NO_SUBSCRIPTION
+            elif status_ok:
+                reason = NO_CUSTOMER
+            else:
+                reason = str(status)
+            found.append(UnbilledUsage(str(org_id), reason, int(n)))
+        return found
 
     def explain_not_billable(self, organization_id: str) -> str:
         """Distinguish an unknown organization, a missing customer and a non-billable status."""

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 # What "blank" means for a customer id: ASCII whitespace, trimmed alike in SQL and in Python.
 BLANKS = " \t\n\r\f\v"
+
+# Why an organization with active sensors is not billed, besides its subscription's status
+# (a Stripe status such as ``past_due`` or ``canceled`` is its own reason).
+NO_CUSTOMER = "no_customer"  # a subscription in a billable status, but no Stripe customer id
+NO_SUBSCRIPTION = "no_subscription"  # no subscription at all
+
+
+@dataclass(frozen=True)
+class UnbilledUsage:
+    """An organization with active sensors that is not billable, and why.
+
+    ``reason`` is the status of its newest subscription (``past_due``, ``canceled``, ...),
+    :data:`NO_CUSTOMER` or :data:`NO_SUBSCRIPTION`.
+    """
+
+    organization_id: str
+    reason: str
+    sensors: int
 
 
 @runtime_checkable
@@ -29,6 +48,19 @@ class UsageSource(Protocol):
     def explain_not_billable(self, organization_id: str) -> str:
         """Say in a few words why an organization is not billable (for the log)."""
         ...
+
+
+# Optional methods, looked up with getattr where they are used (docs/integrating.md):
+#   count_active_sensors_at(organization_ids, at) -> dict[str, int]   the counts as of ``at``
+#   periods_ending(after, until) -> dict[str, list[datetime]]           period-close reports
+#   organizations_of_customers(customers) -> dict[str, list[str]]       shared customers
+#   unbilled_usage() -> list[UnbilledUsage]                              ``sensormeter unbilled``
+UNBILLED_METHOD = "unbilled_usage"
+
+
+def supports_unbilled(source: object) -> bool:
+    """Whether a usage source answers ``unbilled_usage()`` (an optional method)."""
+    return callable(getattr(source, UNBILLED_METHOD, None))
 
 
 def _naive(value: Any) -> datetime:

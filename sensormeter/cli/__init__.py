@@ -19,6 +19,7 @@ from .common import (
     load_settings,
     not_billable_reason,
 )
+from .explain import explain
 from .ops import check, metrics
 from .repair import backfill, reconcile, retry_failed
 from .schema import init_db, migrate
@@ -176,6 +177,7 @@ for command in (
     init_db,
     migrate,
     unbilled,
+    explain,
 ):
     main.add_command(command)
 

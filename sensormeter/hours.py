@@ -50,6 +50,17 @@ def parse_hour_option(text: str) -> datetime:
     )
 
 
+def parse_day(text: str) -> datetime:
+    """Parse a command-line UTC day ``YYYY-MM-DD`` into its first hour (naive UTC)."""
+    stripped = text.strip()
+    try:
+        if not _DAY.fullmatch(stripped):
+            raise ValueError(text)
+        return datetime.strptime(stripped, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"{shown(text)} is not a UTC day YYYY-MM-DD (digits 0-9)") from None
+
+
 def check_reportable_hour(label: str, now: datetime) -> datetime:
     """Parse an hour and refuse one in the future or beyond Stripe's 35-day window."""
     hour = parse_hour(label)

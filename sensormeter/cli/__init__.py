@@ -25,6 +25,7 @@ from .repair import backfill, reconcile, retry_failed
 from .schema import init_db, migrate
 from .status import failed, status
 from .unbilled import unbilled
+from .whatif import whatif
 
 
 @click.group()
@@ -178,6 +179,7 @@ for command in (
     migrate,
     unbilled,
     explain,
+    whatif,
 ):
     main.add_command(command)
 

@@ -109,6 +109,7 @@ def whatif(since: str, until: str, org: str | None, form: str, plot: str | None)
             org,
             counts,
             mine.last,
+            (start, end),
             f"{org}: hourly active sensors, {since} to {until} (UTC)",
         )
         click.echo(f"wrote {plot}", err=True)

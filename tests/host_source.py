@@ -43,3 +43,28 @@ class PoisonedSource(DatabaseUsageSource):
 def poisoned_source(settings: Settings, database: Any) -> PoisonedSource:
     """Factory named as tests.host_source:poisoned_source."""
     return PoisonedSource(database, settings.billable_status_values)
+
+
+class MinimalSource:
+    """Only the four required methods: none of the optional ones (unbilled_usage, ...)."""
+
+    def billable_organization_ids(self, after: str | None, limit: int) -> list[str]:
+        """One billable organization."""
+        return ["m1"] if after is None else []
+
+    def billable_customers(self, organization_ids: Sequence[str]) -> dict[str, str]:
+        """m1 is billed to cus_m1."""
+        return {o: "cus_m1" for o in organization_ids if o == "m1"}
+
+    def count_active_sensors(self, organization_ids: Sequence[str]) -> dict[str, int]:
+        """m1 has 4 sensors."""
+        return {o: 4 if o == "m1" else 0 for o in organization_ids}
+
+    def explain_not_billable(self, organization_id: str) -> str:
+        """Anything else is unknown."""
+        return "unknown organization"
+
+
+def minimal_source(settings: Settings, database: Any) -> MinimalSource:
+    """Factory named as tests.host_source:minimal_source."""
+    return MinimalSource()

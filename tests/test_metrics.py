@@ -150,6 +150,9 @@ class TestCollector:
             "pending": 2,
             "failed": 1,
             "rejected": 1,
+            "held": 0,
+            "quarantined": 0,
+            "superseded": 0,
         }
         newest = max(r.measured_at for r in in_window if r.status == "sent" and r.kind == "hourly")
         assert got[("sensormeter_last_hourly_report_timestamp_seconds", ())] == pytest.approx(
@@ -175,6 +178,25 @@ class TestCollector:
         } == {"hourly": 1, "sweep": 1, "period_close": 0}
         assert got[("sensormeter_up", (("service", "database"),))] == 1
         assert got[("sensormeter_up", (("service", "redis"),))] == 1
+
+    def test_rows_kept_back_count_under_their_own_status_not_as_sent(
+        self, runtime: Runtime, fleet: dict[str, object]
+    ) -> None:
+        """A held, a quarantined and a superseded row show as such; sent stays the sent rows."""
+        before = samples(scrape(runtime.settings))
+        now = utcnow()
+        for org, status in (
+            ("guarded", MeterReport.HELD),
+            ("refused-customer", MeterReport.QUARANTINED),
+            ("overtaken", MeterReport.SUPERSEDED),
+        ):
+            row(org, status, measured=now - timedelta(minutes=3))
+        got = samples(scrape(runtime.settings))
+        for status in (MeterReport.HELD, MeterReport.QUARANTINED, MeterReport.SUPERSEDED):
+            key = ("sensormeter_reports", (("status", status),))
+            assert got[key] == before[key] + 1
+        sent = ("sensormeter_reports", (("status", "sent"),))
+        assert got[sent] == before[sent]
 
     def test_a_scrape_reads_fresh_values_each_time(
         self, runtime: Runtime, fleet: dict[str, object]

@@ -395,10 +395,12 @@ class TestWorkerLogs:
             assert secret not in stderr
         lines = json_lines(stderr)
         completed = [line for line in lines if line["event"] == "job.completed"]
-        # Every job writes the same envelope lines: the fan-out, its catch-up, the chunk.
+        # Every job writes the same envelope lines: the fan-out, its catch-up and unbilled
+        # survey, the chunk.
         assert {line["job"] for line in completed} == {
             "report_all_sensor_counts",
             "catch_up",
+            "survey_unbilled",
             "process_meter_report",
         }
         started = [line for line in lines if line["event"] == "job.started"]

@@ -117,9 +117,11 @@ class TestFanOut:
         queue = make_queue(runtime.settings, runtime.redis)
         chunk_jobs = [j for j in queue.get_jobs() if j.func_name.endswith("process_meter_report")]
         assert sorted(len(j.args[0]) for j in chunk_jobs) == [5, 10, 10]
-        # The hourly tick also queues the catch-up that looks back for missed hours.
+        # The hourly tick also queues the catch-up that looks back for missed hours, and the
+        # survey of the sensors nobody is billed for (the unbilled metrics).
         assert [j.func_name for j in queue.get_jobs() if j not in chunk_jobs] == [
-            "sensormeter.tasks.catchup.catch_up"
+            "sensormeter.tasks.catchup.catch_up",
+            "sensormeter.tasks.unbilled.survey_unbilled",
         ]
         work(runtime)
         assert sorted(e.value for e in emulator.events()) == list(range(25))

@@ -195,7 +195,7 @@ class TestMetrics:
 
 class TestTwin:
     def test_in_memory_source_answers_like_the_tables(self) -> None:
-        """Statuses not billable, no customer, unknown to the customers map; zero counts left out."""
+        """A status not billable, no customer, not in the customers map; zero counts left out."""
         source = InMemoryUsageSource(
             {"a": "cus_a", "b": "cus_b", "c": " "},
             {"a": 3, "b": 4, "c": 2, "d": 5, "e": 0},

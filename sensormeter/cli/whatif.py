@@ -62,6 +62,10 @@ def whatif(since: str, until: str, org: str | None, form: str, plot: str | None)
         validate_organization_id(org)
     if plot is not None and org is None:
         raise BadArgument("--plot draws one organization: give --org too", param_hint="--plot")
+    if plot is not None:
+        from ..ops.chart import require_matplotlib
+
+        require_matplotlib()  # before reading anything: no figures, then an error
     settings = load_settings()
     event = settings.meter_event_name
     database = open_database(settings.database_url, create=False)

@@ -22,6 +22,11 @@ class PlotUnavailable(SensormeterError):
         super().__init__(f"--plot needs matplotlib ({reason}): pip install 'sensormeter[plot]'")
 
 
+def require_matplotlib() -> None:
+    """Check that a plot can be drawn, before any work (raises PlotUnavailable)."""
+    _pyplot()
+
+
 def _pyplot() -> ModuleType:
     # Its first run logs building a font cache at info: not news for whoever asked for a PNG.
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

@@ -47,8 +47,8 @@ def seed(database: peewee.Database, orgs: int, days: int) -> float:
         database.execute_sql(
             "INSERT INTO bench_n (n) "
             + (
-                f"WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n < {top - 1}) "
-                "SELECT n FROM c"
+                "WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL "
+                f"SELECT n + 1 FROM c WHERE n < {top - 1}) SELECT n FROM c"
                 if sqlite
                 else f"SELECT generate_series(0, {top - 1})"
             )
@@ -128,35 +128,29 @@ def main() -> None:
     if not args.reuse:
         database.drop_tables(list(reversed(MODELS)), safe=True)
         create_tables(database)
-        print(
-            f"seeded {args.orgs} organizations x {args.days} days in {seed(database, args.orgs, args.days):.1f} s"
-        )
+        took = seed(database, args.orgs, args.days)
+        print(f"seeded {args.orgs} organizations x {args.days} days in {took:.1f} s")
     rows = database.execute_sql("SELECT COUNT(*) FROM meter_reports").fetchone()[0]
     print(f"ledger rows: {rows:,}")
     now = utcnow()
     current = hour_start(now)
     first = current - timedelta(days=args.days) + timedelta(hours=1)
-    context = Context(
-        now, EVENT, (current - timedelta(hours=48), current - timedelta(hours=1)), 48, None
-    )
+    reach = (current - timedelta(hours=48), current - timedelta(hours=1))
+    context = Context(now, EVENT, reach, 48, None)
     samples = [f"org{i:08d}" for i in (0, args.orgs // 3, args.orgs // 2, args.orgs - 1)]
     per_org = [timed(lambda o=o: explain(database, o, first, current, context)) for o in samples]
     lines = len(explain(database, samples[0], first, current, context).lines)
-    print(
-        f"explain, {lines} hours: median {statistics.median(per_org) * 1000:.1f} ms, max {max(per_org) * 1000:.1f} ms"
-    )
+    median, worst = statistics.median(per_org) * 1000, max(per_org) * 1000
+    print(f"explain, {lines} hours: median {median:.1f} ms, max {worst:.1f} ms")
     start, end = current - timedelta(days=args.days), current + timedelta(hours=1)
-    print(
-        f"whatif, every organization: {timed(lambda: what_if(database, EVENT, start, end), 1):.2f} s"
-    )
-    print(
-        f"whatif, one organization: {timed(lambda: what_if(database, EVENT, start, end, samples[1])) * 1000:.1f} ms"
-    )
+    fleet = timed(lambda: what_if(database, EVENT, start, end), 1)
+    print(f"whatif, every organization: {fleet:.2f} s")
+    one = timed(lambda: what_if(database, EVENT, start, end, samples[1])) * 1000
+    print(f"whatif, one organization: {one:.1f} ms")
     source = DatabaseUsageSource(database, ["active", "trialing"])
     found = find_unbilled(source, database)
-    print(
-        f"unbilled ({len(found)} organizations): {timed(lambda: find_unbilled(source, database)):.2f} s, of which the one query {timed(source.unbilled_usage):.2f} s"
-    )
+    whole, query = timed(lambda: find_unbilled(source, database)), timed(source.unbilled_usage)
+    print(f"unbilled ({len(found)} organizations): {whole:.2f} s, the one query {query:.2f} s")
     database.close()
 
 

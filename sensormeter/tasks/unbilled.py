@@ -33,7 +33,7 @@ def _survey(run: JobRun) -> dict[str, Any]:
     if not supports_unbilled(runtime.source):
         # A host source without unbilled_usage(): the metric stays absent (documented).
         return {"supported": False}
-    found = survey(runtime.source, runtime.database)
+    found = survey(runtime.source)
     store_totals(runtime.redis, runtime.settings.queue_name, found)
     organizations, sensors = sum(found.organizations.values()), sum(found.sensors.values())
     if sensors:

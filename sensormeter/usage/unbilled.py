@@ -123,9 +123,16 @@ def totals(found: Sequence[UnbilledOrganization], checked_at: float) -> Unbilled
     return UnbilledTotals(organizations, sensors, checked_at)
 
 
-def survey(source: object, database: peewee.Database) -> UnbilledTotals:
-    """Find the unbilled organizations and add them up (raises UnbilledUnsupported)."""
-    return totals(find_unbilled(source, database), time.time())
+def survey(source: object) -> UnbilledTotals:
+    """Add up the source's unbilled organizations by reason (raises UnbilledUnsupported).
+
+    Only the source's one query: the totals need no "since when" from the history.
+    """
+    if not supports_unbilled(source):
+        raise UnbilledUnsupported(source)
+    usage: list[UnbilledUsage] = getattr(source, UNBILLED_METHOD)()
+    found = [UnbilledOrganization(u.organization_id, u.reason, u.sensors, None) for u in usage]
+    return totals(found, time.time())
 
 
 def store_totals(connection: redis.Redis, queue_name: str, found: UnbilledTotals) -> None:

@@ -54,6 +54,7 @@ def seed(database: peewee.Database, orgs: int, days: int) -> float:
             )
         )
     pad = "printf('%08d', o.n)" if sqlite else "lpad(o.n::text, 8, '0')"
+    mod = "%" if sqlite else "%%"  # psycopg reads a lone % as a placeholder
     at = (
         "datetime(?, '+' || h.n || ' hours')"
         if sqlite
@@ -69,12 +70,12 @@ def seed(database: peewee.Database, orgs: int, days: int) -> float:
         database.execute_sql(
             "INSERT INTO subscriptions (organization_id, stripe_customer_id, status) "
             f"SELECT 'org' || {pad}, 'cus_org' || {pad}, "
-            f"CASE WHEN o.n % 10 = 0 THEN 'past_due' ELSE 'active' END FROM bench_n o "
+            f"CASE WHEN o.n {mod} 10 = 0 THEN 'past_due' ELSE 'active' END FROM bench_n o "
             f"WHERE o.n < {orgs}"
         )
         database.execute_sql(
             "INSERT INTO sensors (organization_id, is_active, created_at) "
-            f"SELECT 'org' || {pad}, TRUE, ? FROM bench_n o, bench_n s "
+            f"SELECT 'org' || {pad}, TRUE, {database.param} FROM bench_n o, bench_n s "
             f"WHERE o.n < {orgs} AND s.n < 10",
             (start,),
         )
@@ -85,7 +86,8 @@ def seed(database: peewee.Database, orgs: int, days: int) -> float:
                 "INSERT INTO sensormeter_billable_history "
                 "(organization_id, stripe_customer_id, first_hour, last_hour, updated_at) "
                 f"SELECT 'org' || {pad}, 'cus_org' || {pad}, {at.replace('h.n', str(lo))}, "
-                f"{at.replace('h.n', str(hi))}, ? FROM bench_n o WHERE o.n < {orgs}",
+                f"{at.replace('h.n', str(hi))}, {database.param} FROM bench_n o "
+                f"WHERE o.n < {orgs}",
                 (start, start, start),
             )
     # Day by day, as the hourly runs append them: the table is in time order, as in life.
@@ -95,7 +97,7 @@ def seed(database: peewee.Database, orgs: int, days: int) -> float:
                 "INSERT INTO meter_reports (organization_id, event_name, value, identifier, kind,"
                 " period_hour, stripe_customer_id, measured_at, status, attempts, created_at,"
                 " updated_at, sent_at, stripe_request_id) "
-                f"SELECT 'org' || {pad}, '{EVENT}', 5 + (o.n + h.n) % 7, "
+                f"SELECT 'org' || {pad}, '{EVENT}', 5 + (o.n + h.n) {mod} 7, "
                 f"'{EVENT}-org' || {pad} || '-' || {label}, 'hourly', {at}, 'cus_org' || {pad},"
                 f" {at}, 'sent', 1, {at}, {at}, {at}, 'req_' || o.n || '_' || h.n "
                 f"FROM bench_n h, bench_n o WHERE h.n >= {day * 24} AND h.n < {day * 24 + 24} "

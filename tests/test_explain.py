@@ -84,9 +84,18 @@ def acme(now: datetime) -> dict[str, datetime]:
         "quarantined": c - 28 * H,
         "close": c - 25 * H,
         "catchup": c - 20 * H,
+        "failed": c - 15 * H,
         "trailing": c - 3 * H,
     }
     report("acme", hours["sent"], MeterReport.SENT, 40)
+    report(
+        "acme",
+        hours["failed"],
+        MeterReport.FAILED,
+        40,
+        attempts=3,
+        last_error="APIError: Injected error.",
+    )
     report(
         "acme",
         hours["held"],
@@ -154,6 +163,7 @@ class TestExplain:
             "quarantined": "quarantined",
             "close": "sent",
             "catchup": "catchup",
+            "failed": "failed",
             "trailing": "not_billable",
         }
         sent = lines[format_hour(hours["sent"])]["report"]
@@ -216,6 +226,8 @@ class TestExplain:
             "+ period close (active_sensors), stamped" in out and ":59:59: 41 sensors  sent" in out
         )
         assert "nothing yet: billable, not reported; catch-up will report it" in out
+        failed = "40 sensors  failed after 3 attempt(s): APIError: Injected error."
+        assert f"{hours['failed']:%H:%M}  {failed}; catch-up sends it again" in out
         assert "beyond Stripe's 35-day window: it can no longer be billed" in out
         missed = format_hour(hours["missed"])
         assert f"'sensormeter backfill --since {missed} --until {missed} --org acme'" in out

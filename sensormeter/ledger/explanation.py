@@ -238,6 +238,8 @@ def explain(
         found = hourly.get(hour)
         if found is not None:
             state, text = found.status, describe_report(found, quarantines, organization_id)
+            if state == MeterReport.FAILED:
+                text += _resend(hour, context, organization_id)
         else:
             state, text = _why_nothing(hour, history, quarantines, context, organization_id)
         extra = others.get(hour, [])
@@ -245,6 +247,13 @@ def explain(
         lines.append(HourLine(hour, state, text, found, extra, notes))
         hour += HOUR
     return Explanation(organization_id, first, last, lines, history, context.not_billable_now)
+
+
+def _resend(hour: datetime, context: Context, organization_id: str) -> str:
+    """Who sends a failed hourly report again: catch-up inside its window, else a person."""
+    if context.catchup is not None and context.catchup[0] <= hour <= context.catchup[1]:
+        return "; catch-up sends it again"
+    return f"; 'sensormeter retry-failed --org {organization_id}' sends it again"
 
 
 def _covering(history: Sequence[Interval], hour: datetime) -> Interval | None:

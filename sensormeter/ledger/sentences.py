@@ -121,11 +121,7 @@ def describe_report(
     if report.status == MeterReport.PENDING:
         return f"{what}  pending: counted {clock(report.measured_at, hour)}, not delivered yet"
     if report.status == MeterReport.FAILED:
-        return (
-            f"{what}  failed after {report.attempts} attempt(s): {report.last_error}; "
-            f"catch-up sends it again within its window, or "
-            f"'sensormeter retry-failed --org {organization_id}'"
-        )
+        return f"{what}  failed after {report.attempts} attempt(s): {report.last_error}"
     if report.status == MeterReport.REJECTED:
         return f"{what}  rejected by Stripe for good: {report.last_error}"
     if report.status == MeterReport.HELD:

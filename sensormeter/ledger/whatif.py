@@ -3,8 +3,8 @@
 Per organization, over a range of UTC days: ``last`` (what a ``last`` meter bills: the value
 of its latest delivered report, any kind), ``max`` (peak pricing), ``mean`` and
 ``device_hours`` (the sum of its hourly counts: per device-hour pricing), over its delivered
-hourly reports. The database does the adding up: two aggregate queries whatever the ledger's
-size, read row by row, so memory holds one line per organization, never the reports.
+hourly reports. The database does the adding up: one query whatever the ledger's size, read
+row by row, so memory holds one line per organization, never the reports.
 """
 
 from __future__ import annotations
@@ -57,39 +57,48 @@ def _delivered(event_name: str, start: datetime, end: datetime, org: str | None)
     return where if org is None else where & (MeterReport.organization_id == org)
 
 
-def _hourly_sums(database: peewee.Database, where: Any) -> Iterator[tuple[str, int, int, int]]:
-    """(organization, max, sum, hours) of the delivered hourly reports, by organization."""
-    org = MeterReport.organization_id
-    query = (
-        MeterReport.select(
-            org,
-            peewee.fn.MAX(MeterReport.value),
-            peewee.fn.SUM(MeterReport.value),
-            peewee.fn.COUNT(MeterReport.id),
-        )
-        .where(where & (MeterReport.kind == MeterReport.HOURLY))
-        .group_by(org)
-    )
-    for org_id, peak, added, hours in query.tuples().iterator(database):
-        yield str(org_id), int(peak), int(added), int(hours)
+def _figures(database: peewee.Database, where: Any) -> Iterator[Figures]:
+    """Each organization's figures, from one pass over its delivered rows (one query).
 
-
-def _latest_values(database: peewee.Database, where: Any) -> Iterator[tuple[str, int]]:
-    """(organization, value) of each one's latest delivered report (by stamp, then id)."""
-    rank = peewee.fn.ROW_NUMBER().over(
+    The rows are ranked by stamp within each organization (``ROW_NUMBER()``: the latest, by
+    stamp then id, is 1), then added up by organization: the value ranked 1 is ``last``, the
+    hourly rows give ``max``, the sum and their number.
+    """
+    hourly = peewee.Case(None, [(MeterReport.kind == MeterReport.HOURLY, 1)], 0)
+    place = peewee.fn.ROW_NUMBER().over(
         partition_by=[MeterReport.organization_id],
         order_by=[MeterReport.measured_at.desc(), MeterReport.id.desc()],
     )
     ranked = (
-        MeterReport.select(MeterReport.organization_id, MeterReport.value, rank.alias("place"))
+        MeterReport.select(
+            MeterReport.organization_id.alias("org"),
+            MeterReport.value.alias("value"),
+            hourly.alias("hourly"),
+            place.alias("place"),
+        )
         .where(where)
         .alias("ranked")
     )
-    query = peewee.Select([ranked], [ranked.c.organization_id, ranked.c.value]).where(
-        ranked.c.place == 1
+    r = ranked.c
+    query = (
+        peewee.Select(
+            [ranked],
+            [
+                r.org,
+                peewee.fn.MAX(peewee.Case(None, [(r.place == 1, r.value)])),
+                peewee.fn.MAX(peewee.Case(None, [(r.hourly == 1, r.value)])),
+                peewee.fn.SUM(r.hourly * r.value),
+                peewee.fn.SUM(r.hourly),
+            ],
+        )
+        .group_by(r.org)
+        .order_by(r.org)
     )
-    for org_id, value in query.tuples().iterator(database):
-        yield str(org_id), int(value)
+    for org_id, last, peak, added, hours in query.tuples().iterator(database):
+        n = int(hours)
+        mean = int(added) / n if n else None
+        peak = None if peak is None else int(peak)
+        yield Figures(str(org_id), int(last), peak, mean, int(added), n)
 
 
 def what_if(
@@ -100,15 +109,7 @@ def what_if(
     organization_id: str | None = None,
 ) -> list[Figures]:
     """Each organization's figures over [start, end), by organization id."""
-    where = _delivered(event_name, start, end, organization_id)
-    sums = {org: (peak, added, hours) for org, peak, added, hours in _hourly_sums(database, where)}
-    lasts = dict(_latest_values(database, where))
-    figures = []
-    for org in sorted(set(sums) | set(lasts)):
-        peak, added, hours = sums.get(org, (None, 0, 0))
-        mean = added / hours if hours else None
-        figures.append(Figures(org, lasts.get(org), peak, mean, added, hours))
-    return figures
+    return list(_figures(database, _delivered(event_name, start, end, organization_id)))
 
 
 def total(figures: Sequence[Figures]) -> Figures:

@@ -7,7 +7,7 @@ times, each as the command runs it:
 
 - ``explain``: one organization over the whole D days (its three queries), for a few
   organizations spread over the ledger;
-- ``whatif``: every organization over the D days (two aggregate queries), and one;
+- ``whatif``: every organization over the D days (one query), and one organization;
 - ``unbilled``: the default tables' one query, and the history's "since when".
 
     python benchmarks/billing_reads.py --orgs 10000 --days 35 --database sqlite:////tmp/reads.db

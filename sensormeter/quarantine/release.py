@@ -76,13 +76,9 @@ def customer_state(client: stripe.StripeClient, customer: str) -> str | None:
     """
     try:
         found = client.v1.customers.retrieve(customer)
-    except stripe.InvalidRequestError as exc:
-        if exc.http_status == 404:
-            return "unknown (Stripe has no such customer)"
-        raise SensormeterError(
-            f"could not read {customer} from Stripe: {exc.user_message}"
-        ) from None
     except stripe.StripeError as exc:
+        if isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404:
+            return "unknown (Stripe has no such customer)"
         raise SensormeterError(
             f"could not read {customer} from Stripe: {type(exc).__name__}: {exc.user_message}"
         ) from None

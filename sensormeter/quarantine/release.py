@@ -85,6 +85,37 @@ def customer_state(client: stripe.StripeClient, customer: str) -> str | None:
     return "deleted" if getattr(found, "deleted", False) else None
 
 
+def meter_state(client: stripe.StripeClient, event_name: str) -> str | None:
+    """Why Stripe cannot take events of ``event_name`` (archived, no meter), or None when it can.
+
+    Raises:
+        SensormeterError: Stripe could not be asked (the release is refused, nothing changes).
+    """
+    try:
+        meters = list(client.v1.billing.meters.list({"limit": 100}).auto_paging_iter())
+    except stripe.StripeError as exc:
+        raise SensormeterError(
+            f"could not list the meters in Stripe: {type(exc).__name__}: {exc.user_message}"
+        ) from None
+    statuses = {str(m.status) for m in meters if m.event_name == event_name}
+    if "active" in statuses:
+        return None
+    return "archived (inactive)" if statuses else "missing (Stripe has no meter for it)"
+
+
+class MeterStillRefused(SensormeterError):
+    """Raised when Stripe still has no active meter for the event name: the pause stays."""
+
+    def __init__(self, event_name: str, state: str) -> None:
+        super().__init__(
+            f"the meter for {event_name} is still {state} in Stripe: nothing was sent and "
+            "the pause stays. Reactivate the meter in Stripe (or create one and set "
+            "SENSORMETER_METER_EVENT_NAME to its event name), then release again"
+        )
+        self.event_name = event_name
+        self.state = state
+
+
 def _hour_of(kind: str, period_hour: datetime | None, measured_at: datetime) -> datetime:
     return period_hour if kind == MeterReport.HOURLY and period_hour else hour_start(measured_at)
 

@@ -55,6 +55,13 @@ def _moment(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
+def _hour_of_stamp(database: peewee.Database) -> Any:
+    """SQL for the UTC hour a row's stamp falls in (hourly, on-demand and close reports alike)."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return peewee.fn.date_trunc("hour", MeterReport.measured_at)
+    return peewee.fn.strftime("%Y-%m-%dT%H", MeterReport.measured_at)
+
+
 def describe(database: peewee.Database) -> list[QuarantineView]:
     """Every open quarantine, oldest first, with its held-back reports (three queries)."""
     views = [
@@ -64,7 +71,7 @@ def describe(database: peewee.Database) -> list[QuarantineView]:
     if not views:
         return []
     held = MeterReport.status == MeterReport.QUARANTINED
-    hour = peewee.fn.COALESCE(MeterReport.period_hour, MeterReport.measured_at)
+    hour = _hour_of_stamp(database)
     for column, scope in (
         (MeterReport.stripe_customer_id, store.CUSTOMER),
         (MeterReport.event_name, store.METER),

@@ -16,14 +16,21 @@ from typing import Any
 
 import peewee
 import pytest
+import stripe
 
 from sensormeter import handle_stripe_webhook
 from sensormeter.emulator import StripeEmulator
 from sensormeter.hours import format_hour, hour_start
 from sensormeter.logs import capture_logs
+from sensormeter.meters import InMemoryMeterClient
+from sensormeter.meters.base import Outcome, SendResult, classify_error
 from sensormeter.models import MeterReport, Quarantine, Sensor, utcnow
+from sensormeter.quarantine import QuarantineGate
 from sensormeter.report import Report
+from sensormeter.reporter import Reporter
 from sensormeter.runtime import Runtime
+from sensormeter.settings import Settings
+from sensormeter.usage import DatabaseUsageSource
 
 from .conftest import cli_env
 from .factories import make_org
@@ -311,3 +318,72 @@ class TestPausedMeter:
         registry = make_registry(orgs.settings)
         assert registry.get_sample_value("sensormeter_quarantined_customers") == 1
         assert registry.get_sample_value("sensormeter_meter_paused") == 0
+
+
+class TestAnswersOnTheRequest:
+    """Should Stripe refuse a customer or meter on the request itself, the same happens."""
+
+    @pytest.fixture
+    def meter(self) -> InMemoryMeterClient:
+        return InMemoryMeterClient()
+
+    @pytest.fixture
+    def reporter(self, database: peewee.Database, meter: InMemoryMeterClient) -> Reporter:
+        source = DatabaseUsageSource(database, Settings().billable_status_values)
+        return Reporter(source, meter, EVENT, [QuarantineGate()])
+
+    def test_classify_error_keeps_stripes_code_and_param(self) -> None:
+        """The gate reads Stripe's machine fields, so classify_error passes them on."""
+        exc = stripe.InvalidRequestError(
+            "No such customer: 'cus_a'",
+            "payload[stripe_customer_id]",
+            code="resource_missing",
+            http_status=400,
+        )
+        result = classify_error(exc)
+        assert (result.outcome, result.code, result.param) == (
+            Outcome.REJECTED,
+            "resource_missing",
+            "payload[stripe_customer_id]",
+        )
+
+    @pytest.mark.parametrize(
+        ("code", "param", "scope", "subject"),
+        [
+            ("resource_missing", "payload[stripe_customer_id]", "customer", "cus_acme"),
+            ("meter_event_customer_not_found", None, "customer", "cus_acme"),
+            ("archived_meter", None, "meter", EVENT),
+        ],
+    )
+    def test_a_refusal_on_the_request_opens_a_quarantine(
+        self,
+        database: peewee.Database,
+        reporter: Reporter,
+        meter: InMemoryMeterClient,
+        code: str,
+        param: str | None,
+        scope: str,
+        subject: str,
+    ) -> None:
+        """The refused row is rejected; the next report of the customer makes no attempt."""
+        make_org("acme", active=2)
+        meter.script = [SendResult(Outcome.REJECTED, "refused", "req_1", 400, code, param)]
+        reporter.run(database, ["acme"], Report.on_demand("first"))
+        [opened] = Quarantine.select().where(Quarantine.released_at.is_null())
+        assert (opened.scope, opened.subject, opened.code) == (scope, subject, code)
+        second = reporter.run(database, ["acme"], Report.on_demand("second"))
+        assert len(meter.attempts) == 1
+        assert second.statuses == {"acme": MeterReport.QUARANTINED}
+
+    def test_a_bad_event_quarantines_nothing(
+        self, database: peewee.Database, reporter: Reporter, meter: InMemoryMeterClient
+    ) -> None:
+        """A refusal of the event itself (a bad value) blames neither customer nor meter."""
+        make_org("acme", active=2)
+        meter.script = [
+            SendResult(Outcome.REJECTED, "Invalid value", "req_1", 400, "parameter_invalid", None)
+        ]
+        reporter.run(database, ["acme"], Report.on_demand("first"))
+        reporter.run(database, ["acme"], Report.on_demand("second"))
+        assert Quarantine.select().count() == 0
+        assert len(meter.attempts) == 2

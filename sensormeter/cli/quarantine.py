@@ -9,6 +9,15 @@ import click
 
 from .common import fail, friendly_errors, load_settings
 
+# Why a released report did not go out, by its status after the attempt.
+_NOT_SENT = {
+    "quarantined": "kept back again: the meter or the customer is still quarantined "
+    "(see 'sensormeter quarantine')",
+    "held": "held by the anomaly guard (see 'sensormeter held')",
+    "rejected": "Stripe refused it (see 'sensormeter failed --rejected')",
+}
+_RETRY = "not delivered yet (see 'sensormeter failed', then 'sensormeter retry-failed')"
+
 
 def _when(moment: object) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC" if moment is not None else "-"
@@ -137,7 +146,7 @@ def release(customer: str | None, meter: bool) -> None:
     for identifier, why in sorted(done.superseded.items()):
         click.echo(f"  superseded {identifier}: {why}")
     for identifier, status in sorted(unsent.items()):
-        click.echo(f"  NOT sent {identifier}: {status} (see 'sensormeter failed')")
+        click.echo(f"  NOT sent {identifier}: {status}, {_NOT_SENT.get(status, _RETRY)}")
     if done.late_closes:
         click.echo(
             "Periods whose invoice Stripe finalized while their close report was held back "

@@ -261,6 +261,25 @@ class TestRelease:
         assert retry.identifier not in identifiers
         assert_billed_once_per_hour(emulator, "cus_acme", COUNTS["acme"], [hours_ago(1)])
 
+    def test_a_period_closed_while_held_back_is_listed_for_a_manual_correction(
+        self, orgs: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """A close report held past its period end plus the invoice grace changes no bill."""
+        quarantine_acme(orgs, emulator)
+        grace = orgs.settings.invoice_grace_hours
+        end = hour_start(utcnow()) - timedelta(hours=grace + 1)
+        orgs.reporter().run(orgs.database, ["acme"], Report.period_close(end))
+        [close] = MeterReport.select().where(MeterReport.kind == MeterReport.PERIOD_CLOSE)
+        assert close.status == MeterReport.QUARANTINED
+        emulator.restore_customer("cus_acme")
+        done = sensormeter(cli_env(orgs.settings), "quarantine", "release", "cus_acme")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Periods whose invoice Stripe finalized while" in done.stdout
+        assert (
+            f"acme: period ending {end:%Y-%m-%d %H:%M} UTC, {COUNTS['acme']} sensor(s), "
+            "close report sent" in done.stdout
+        )
+
 
 class TestPausedMeter:
     def test_an_archived_meter_pauses_sending_and_fails_check_until_released(

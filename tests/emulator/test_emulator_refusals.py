@@ -6,7 +6,9 @@ and refused later, in the error report of a thin ``v1.billing.meter.error_report
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import pytest
 import stripe
@@ -85,3 +87,16 @@ class TestErrorReports:
         assert c.v1.billing.meters.list().data[0].status == "active"
         send(c, "ev-2", "cus_a")
         assert [e.identifier for e in emulator.events()] == ["ev-2"]
+
+    def test_another_process_asks_for_the_report_over_http(self, emulator: StripeEmulator) -> None:
+        """POST /_emulator/error_report returns the thin notification ({} when none is due)."""
+        c = client(emulator)
+        emulator.delete_customer("cus_gone")
+        send(c, "ev-gone", "cus_gone")
+        url = f"{emulator.base_url}/_emulator/error_report"
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST")) as answer:
+            notification = json.loads(answer.read())
+        assert notification["type"] == "v1.billing.meter.error_report_triggered"
+        assert c.v2.core.events.retrieve(notification["id"]).id == notification["id"]
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST")) as answer:
+            assert json.loads(answer.read()) == {}

@@ -20,6 +20,7 @@ from .common import (
     not_billable_reason,
 )
 from .ops import check, metrics
+from .quarantine import quarantine
 from .repair import backfill, reconcile, retry_failed
 from .schema import init_db, migrate
 from .status import failed, status
@@ -174,6 +175,7 @@ for command in (
     metrics,
     init_db,
     migrate,
+    quarantine,
 ):
     main.add_command(command)
 

@@ -371,7 +371,10 @@ class Reporter:
                 decision = decisions[row.id]
                 row.status = decision.status
                 result.statuses[key] = decision.status
-                log.warning(
+                # A quarantine said so once when it started (quarantine.started): a report
+                # it keeps back every hour afterwards is news for nobody.
+                quiet = decision.status == MeterReport.QUARANTINED
+                (log.info if quiet else log.warning)(
                     "report.kept_back",
                     organization_id=row.organization_id,
                     identifier=row.identifier,

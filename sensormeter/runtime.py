@@ -20,6 +20,7 @@ from .meters import make_meter_client
 from .meters.base import MeterClient
 from .migrations import check_schema
 from .models import open_database
+from .quarantine import QuarantineGate
 from .reporter import Reporter
 from .settings import Settings, redact_url, split_url
 from .usage import UsageSource, load_usage_source
@@ -87,6 +88,8 @@ class Runtime:
             redis=connection,
             source=load_usage_source(settings, database),
             meter=meter if meter is not None else make_meter_client(settings, connection),
+            # The quarantine first: a refused customer's report is not judged by later gates.
+            gates=[QuarantineGate(settings.customer_payload_key)],
         )
 
     def reporter(self) -> Reporter:

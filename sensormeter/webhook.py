@@ -6,6 +6,11 @@ customer, a timestamp out of range, ...) is reported in the event
 destination: the delivery carries only the event id, its type and the meter it concerns.
 The report itself (error codes, counts and sample errors, each with the identifier of the
 meter event it refused) is fetched from Stripe with ``GET /v2/core/events/{id}``.
+
+A code that blames the customer itself (``meter_event_customer_not_found``, ...) quarantines
+the customers of the refused events; one that blames the meter (``archived_meter``,
+``no_meter``) pauses the meter: their later reports are kept back instead of refused every
+hour (sensormeter/quarantine/).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .errors import WebhookError
 from .logs import get_logger
 from .meters.base import make_stripe_client
 from .models import MeterReport, open_database, utcnow
+from .quarantine import CUSTOMER, blame, start
 from .settings import Settings
 
 log = get_logger(__name__)
@@ -122,15 +128,16 @@ def handle_stripe_webhook(
         context if isinstance(context, str) else None,
     )
     report = parse_error_report(event, event_id)
-    if database is not None:
-        marked, unmatched = mark_rejected(database, report, event_id)
-    else:
+    own = None
+    if database is None:
         # A host with its own ORM holds no peewee database; deliveries are rare, so one
         # connection per delivery costs nothing worth keeping a pool for.
-        own = open_database(settings.database_url, create=False)
-        try:
-            marked, unmatched = mark_rejected(own, report, event_id)
-        finally:
+        database = own = open_database(settings.database_url, create=False)
+    try:
+        marked, unmatched = mark_rejected(database, report, event_id)
+        quarantined = quarantine_refused(database, report, settings.meter_event_name)
+    finally:
+        if own is not None:
             own.close()
     log.info(
         "webhook.meter_error_report",
@@ -140,6 +147,7 @@ def handle_stripe_webhook(
         samples=len(report.samples),
         rows_marked=marked,
         unmatched_samples=unmatched,
+        quarantines_opened=quarantined,
         validation_start=report.validation_start,
         validation_end=report.validation_end,
         summary=report.summary,
@@ -274,6 +282,38 @@ def mark_rejected(database: peewee.Database, report: ErrorReport, event_id: str)
             for row in rows:
                 marked += _mark_row(row, sample, event_id, now, seen)
     return marked, unmatched
+
+
+def quarantine_refused(
+    database: peewee.Database, report: ErrorReport, event_name: str
+) -> list[str]:
+    """Quarantine the customers, or pause the meter, that the report's codes blame.
+
+    The customer of a refused event is the one its ledger rows were sent for; a meter-level
+    code pauses the meter of those rows (``event_name`` when no sample names a known row).
+    Returns the customers and meters newly quarantined (one already open is left as it is).
+    """
+    blamed = [s for s in report.samples if blame(s.code)]
+    if not blamed:
+        return []
+    identifiers = sorted({s.identifier for s in blamed if s.identifier})
+    with database.bind_ctx([MeterReport]):
+        found = ledger.find_by_event(identifiers)
+    by_event: dict[str, list[ledger.LedgerRow]] = {}
+    for row in found:
+        by_event.setdefault(ledger.event_key(row), []).append(row)
+    opened: list[str] = []
+    for sample in blamed:
+        scope = str(blame(sample.code))
+        rows = by_event.get(sample.identifier or "", [])
+        if scope == CUSTOMER:
+            subjects = {row.customer for row in rows}
+        else:
+            subjects = {row.event_name for row in rows} or {event_name}
+        for subject in sorted(subjects):
+            if start(database, scope, subject, sample.code, sample.message):
+                opened.append(subject)
+    return opened
 
 
 def _mark_row(

@@ -176,7 +176,15 @@ class TestStatus:
         lines = text.stdout.splitlines()
         counts = ", ".join(f"{k} {v}" for k, v in facts["ledger"].items())
         assert f"ledger: {counts}" in lines
-        assert facts["ledger"] == {"pending": 0, "sent": 1, "failed": 1, "rejected": 0}
+        assert facts["ledger"] == {
+            "pending": 0,
+            "sent": 1,
+            "failed": 1,
+            "rejected": 0,
+            "held": 0,
+            "quarantined": 0,
+            "superseded": 0,
+        }
         assert facts["last_sent"]["organization_id"] == "acme"
         assert facts["queue"] == {"name": TEST_QUEUE, "queued": 0, "waiting_for_retry": 0}
         hourly = datetime.fromisoformat(facts["schedule"]["hourly"])

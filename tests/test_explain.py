@@ -285,3 +285,26 @@ class TestQueries:
             found = explain(database, "acme", hours["out_of_window"], hours["trailing"], context)
         assert queries.selects == 3
         assert len(found.lines) == (hours["trailing"] - hours["out_of_window"]) // H + 1
+
+    def test_a_row_kept_back_by_a_paused_meter_names_the_meter_release(
+        self, settings: Settings, database: peewee.Database
+    ) -> None:
+        """A row the meter's quarantine kept back: the release to run is the meter's."""
+        now = utcnow()
+        hour = hour_start(now) - 2 * H
+        make_org("acme", active=3)
+        evidence = {"quarantine": "meter", "subject": EVENT, "code": "archived_meter"}
+        report("acme", hour, MeterReport.QUARANTINED, 3, evidence=evidence)
+        Quarantine.create(
+            scope=Quarantine.METER,
+            subject=EVENT,
+            code="archived_meter",
+            reason="This meter is archived",
+            since=hour,
+        )
+        context = Context(now, EVENT, (hour - 40 * H, hour_start(now) - H), 48, None)
+        [line] = explain(database, "acme", hour, hour, context).lines
+        assert line.state == MeterReport.QUARANTINED
+        assert "meter active_sensors quarantined since" in line.text
+        assert "(archived_meter: This meter is archived)" in line.text
+        assert line.text.endswith("'sensormeter quarantine release --meter' sends it")

@@ -77,6 +77,9 @@ _LOADS = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF"}
 _ATTRS = {"LOAD_ATTR", "LOAD_METHOD"}
 _STORES = {"STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL"}
 _uses_cache: dict[tuple[int, int], frozenset[str]] = {}
+# The objects of the cache's keys, kept alive: an id is unique only while its object lives, and
+# a freed object's id given to a new one would answer for it from the cache (a flaky tier).
+_cache_keep: list[object] = []
 
 
 def _ours(obj: object) -> bool:
@@ -164,6 +167,7 @@ def outside_uses(obj: object, cls: type | None = None) -> frozenset[str]:
     if key in _uses_cache:
         return _uses_cache[key]
     _uses_cache[key] = frozenset()  # a helper that calls itself stops here
+    _cache_keep.append((obj, cls))
     found: set[str] = set()
     if isinstance(obj, type):
         for member in vars(obj).values():

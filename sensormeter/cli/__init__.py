@@ -21,6 +21,7 @@ from .common import (
 )
 from .explain import explain
 from .ops import check, metrics
+from .quarantine import quarantine
 from .repair import backfill, reconcile, retry_failed
 from .schema import init_db, migrate
 from .status import failed, status
@@ -177,6 +178,7 @@ for command in (
     metrics,
     init_db,
     migrate,
+    quarantine,
     unbilled,
     explain,
     whatif,

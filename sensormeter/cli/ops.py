@@ -51,7 +51,7 @@ def check() -> None:
     except ConfigurationError as exc:
         click.echo(f"{CHECK_FAILED} configuration: {exc} (fix the environment variable)")
         sys.exit(PROBLEMS)
-    for problem in result.problems:
+    for problem in result.problems + result.notices:
         click.echo(problem.line())
     if not result.problems:
         click.echo(

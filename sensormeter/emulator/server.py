@@ -22,12 +22,14 @@ from .events import EventLog, ReceivedEvent
 from .faults import Faults
 from .http import RequestHandler, parse_form
 from .reads import meter_list, page, summaries
+from .refusals import Refusals, RefusedEvent
 from .replies import WHOLE_NUMBER, Reply, Response, check
 from .stream import SESSION_SECONDS, SessionStore, parse_iso, parse_stream_body
 
 _API_KEY = re.compile(r"(sk|rk)_(test|live)_\S+")
 _SUMMARIES_PATH = re.compile(r"/v1/billing/meters/([^/]+)/event_summaries")
 _EVENT_PATH = re.compile(r"/v2/core/events/([^/]+)")
+_CUSTOMER_PATH = re.compile(r"/v1/customers/([^/]+)")
 
 
 def _mask(key: str) -> str:
@@ -59,6 +61,7 @@ class StripeEmulator:
         self._log = EventLog(int(clock()), customer_key, value_key)
         self._faults = Faults(rate_limit, self._stopping)
         self._sessions = SessionStore(clock, session_ttl)
+        self._refusals = Refusals()
         self._error_reports: list[dict[str, Any]] = []
         self._v2_events: dict[str, dict[str, Any]] = {}
         self._connections: set[socket.socket] = set()
@@ -126,6 +129,41 @@ class StripeEmulator:
         with self._lock:
             self._v2_events[str(event["id"])] = dict(event)
 
+    def delete_customer(self, customer: str, *, purge: bool = False) -> None:
+        """Delete a customer: its events are refused in error reports, GET says ``deleted``.
+
+        ``purge`` makes ``GET /v1/customers/{id}`` answer 404, as for an id never created.
+        """
+        self._refusals.delete_customer(customer, purge=purge)
+
+    def restore_customer(self, customer: str) -> None:
+        """Make a deleted customer exist again; its later events are accepted."""
+        self._refusals.restore_customer(customer)
+
+    def archive_meter(self, event_name: str = "active_sensors") -> None:
+        """Archive the meter of this event name: every event for it is refused afterwards."""
+        self._refusals.archive_meter(event_name)
+
+    def reactivate_meter(self, event_name: str = "active_sensors") -> None:
+        """Reactivate an archived meter."""
+        self._refusals.reactivate_meter(event_name)
+
+    def refused_events(self) -> list[RefusedEvent]:
+        """Events answered 200 but refused afterwards (deleted customer, archived meter)."""
+        return self._refusals.refused()
+
+    def error_report(self, event_id: str | None = None) -> dict[str, Any] | None:
+        """Stripe's error report of the events refused since the last one, or None.
+
+        The full event is registered for ``GET /v2/core/events/{id}``; the thin notification
+        Stripe would deliver to an event destination is returned (sign it and POST it).
+        """
+        event = self._refusals.next_report(self._clock(), event_id)
+        if event is None:
+            return None
+        self.add_v2_event(event)
+        return {key: value for key, value in event.items() if key != "data"}
+
     def set_rate_limit(self, events_per_second: float | None) -> None:
         """Answer 429 beyond this many meter events per second (v1 calls and v2 stream events)."""
         self._faults.set_rate_limit(events_per_second)
@@ -141,6 +179,7 @@ class StripeEmulator:
         with self._lock:
             self._error_reports.clear()
         self._sessions.clear()
+        self._refusals.clear()
 
     def inject(self, status: int, times: int = 1, *, message: str | None = None) -> None:
         """Answer the next `times` meter-event POSTs with this HTTP error status."""
@@ -185,6 +224,9 @@ class StripeEmulator:
                         self._meter_list(), self.events(), match.group(1), params, path
                     )
                     return 200, found, {}
+                match = _CUSTOMER_PATH.fullmatch(path)
+                if method == "GET" and match:
+                    return self._refusals.customer(match.group(1), self._clock())
                 match = _EVENT_PATH.fullmatch(path)
                 if method == "GET" and match:
                     with self._lock:
@@ -216,6 +258,8 @@ class StripeEmulator:
         if method == "POST" and path == "/_emulator/faults":
             self._faults.apply_spec(body)
             return 200, self._state(), {}
+        if method == "POST" and path == "/_emulator/error_report":
+            return 200, self.error_report() or {}, {}
         raise Reply(404, f"Unrecognized request URL ({method}: {path}).")
 
     def _create_event(self, headers: Message, body: bytes) -> Response | None:
@@ -229,6 +273,12 @@ class StripeEmulator:
         check(
             bool(WHOLE_NUMBER.fullmatch(raw_ts)), "Invalid timestamp: not an integer.", "timestamp"
         )
+        name, customer = fields.get("event_name", ""), payload.get(self.customer_key, "")
+        if self._refusals.refuse_if_needed(fields.get("identifier"), name, customer, now):
+            # Stripe answers these as accepted and refuses them in its error report.
+            accepted = {"object": "billing.meter_event", "created": int(now), "event_name": name}
+            accepted.update(identifier=fields.get("identifier"), livemode=False, payload=payload)
+            return 200, {**accepted, "timestamp": int(raw_ts)}, {}
         event = self._log.record(
             fields.get("event_name", ""),
             fields.get("identifier"),
@@ -285,6 +335,12 @@ class StripeEmulator:
                 check(timestamp is not None, "Invalid timestamp: not ISO 8601.", "timestamp")
                 payload = item.get("payload")
                 check(isinstance(payload, dict), "Missing required param: payload.", "payload")
+                name = str(item.get("event_name", ""))
+                customer = str((payload or {}).get(self.customer_key, ""))
+                if self._refusals.refuse_if_needed(
+                    None if identifier is None else str(identifier), name, customer, now
+                ):
+                    continue
                 kept = self._log.record(
                     str(item.get("event_name", "")),
                     None if identifier is None else str(identifier),
@@ -302,7 +358,11 @@ class StripeEmulator:
         return 200, {}, {}
 
     def _meter_list(self) -> list[dict[str, Any]]:
-        return meter_list(self._log.meters(), self.customer_key, self.value_key)
+        meters = meter_list(self._log.meters(), self.customer_key, self.value_key)
+        for meter in meters:
+            if self._refusals.is_archived(meter["event_name"]):
+                meter["status"] = "inactive"
+        return meters
 
 
 def _iso_now(now: float) -> str:

@@ -132,10 +132,11 @@ def describe_report(
     if report.status == MeterReport.QUARANTINED:
         q = quarantine_of(quarantines, report.customer, report.event_name, open_only=False)
         why = quarantine_text(q) if q is not None else evidence_text(report.evidence)
-        return (
-            f"{what}  kept back, not sent: {why}; "
-            f"'sensormeter quarantine release {report.customer}' sends it"
-        )
+        # The row's evidence names the quarantine that kept it back: the customer's or the meter's.
+        scope = (report.evidence or {}).get("quarantine") or (q.scope if q else None)
+        release = "--meter" if scope == Quarantine.METER else report.customer
+        command = f"'sensormeter quarantine release {release}'"
+        return f"{what}  kept back, not sent: {why}; {command} sends it"
     if report.status == MeterReport.SUPERSEDED:
         return f"{what}  superseded, never sent: a newer report of {report.customer} went first"
     return f"{what}  {report.status}"

@@ -53,12 +53,18 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class SendResult:
-    """The outcome of one attempt, with Stripe's message and request id when it failed."""
+    """The outcome of one attempt, with Stripe's message and request id when it failed.
+
+    ``code`` and ``param`` are Stripe's error code and parameter, when it sent them: the
+    quarantine reads them to tell a refused customer or meter from a bad event.
+    """
 
     outcome: Outcome
     error: str | None = None
     request_id: str | None = None
     http_status: int | None = None
+    code: str | None = None
+    param: str | None = None
 
 
 class MeterClient(Protocol):
@@ -91,17 +97,18 @@ def classify_error(exc: Exception) -> SendResult:
     status = exc.http_status
     request_id = exc.request_id
     should_retry = should_retry_header(exc)
+    code, param = exc.code, getattr(exc, "param", None)
     retryable = SendResult(
-        Outcome.RETRYABLE, f"{type(exc).__name__}: {message}", request_id, status
+        Outcome.RETRYABLE, f"{type(exc).__name__}: {message}", request_id, status, code, param
     )
     # The header may only make an answer retryable: "false" never turns a 401/403, a 409, a
     # 429 or a 5xx into a permanent rejection, since a wrong "rejected" drops a report for good.
     if should_retry is True or status in RETRYABLE_STATUSES or (status or 0) >= 500:
         return retryable
     if is_duplicate_answer(exc, message):
-        return SendResult(Outcome.DUPLICATE, message, request_id, status)
+        return SendResult(Outcome.DUPLICATE, message, request_id, status, code, param)
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError):
-        return SendResult(Outcome.REJECTED, message, request_id, status)
+        return SendResult(Outcome.REJECTED, message, request_id, status, code, param)
     # Timeouts, connection errors, and anything stripe-python has no 4xx class for.
     return retryable
 

@@ -14,6 +14,8 @@ import redis
 
 from ..errors import ServiceUnavailable
 from ..models import MeterReport, open_database, utcnow
+from ..quarantine import CUSTOMER, METER, open_quarantines
+from ..quarantine.store import explain
 from ..runtime import check_redis, make_redis
 from ..settings import Settings
 from ..tasks.recovery import stale_after
@@ -28,6 +30,8 @@ from .readings import (
 
 CHECK_OK = "sensormeter.check.ok"
 CHECK_FAILED = "sensormeter.check.failed"
+# Worth knowing, not failing for: quarantined customers (each was one warning when it began).
+CHECK_NOTICE = "sensormeter.check.notice"
 # The hourly fan-out runs at minute 0; 5 minutes of slack for it to send its first reports.
 HOURLY_LIMIT = timedelta(minutes=65)
 
@@ -38,13 +42,15 @@ OK, PROBLEMS, UNREACHABLE = 0, 1, 2  # the exit statuses of check (and of status
 class Problem:
     """One thing that needs a person: a stable ``code`` and a one-line ``detail``."""
 
-    code: str  # not_registered, failed_reports, abandoned_pending, no_recent_hourly_report,
-    # redis_unreachable, database_unreachable
+    code: str  # not_registered, failed_reports, meter_paused, abandoned_pending,
+    # no_recent_hourly_report, redis_unreachable, database_unreachable; as a notice:
+    # quarantined_customers
     detail: str
+    notice: bool = False  # shown, but check still passes
 
     def line(self) -> str:
-        """``sensormeter.check.failed CODE: DETAIL``, the line to alert on."""
-        return f"{CHECK_FAILED} {self.code}: {self.detail}"
+        """``sensormeter.check.failed CODE: DETAIL`` (the line to alert on), or ``...notice``."""
+        return f"{CHECK_NOTICE if self.notice else CHECK_FAILED} {self.code}: {self.detail}"
 
     def as_dict(self) -> dict[str, str]:
         """The problem for ``status --json``."""
@@ -82,6 +88,17 @@ def find_problems(
                 "'sensormeter retry-failed'",
             )
         )
+    for paused in open_quarantines(database):
+        if paused.scope == METER:
+            problems.append(
+                Problem(
+                    "meter_paused",
+                    f"sending to the meter {paused.subject} is paused since "
+                    f"{paused.since:%Y-%m-%d %H:%M} UTC: {explain(paused.code)} "
+                    f"({paused.code}); reactivate it in Stripe, then "
+                    "'sensormeter quarantine release --meter'",
+                )
+            )
     limit = stale_after(settings)
     abandoned = count_abandoned_pending(database, now - limit)
     if abandoned:
@@ -107,12 +124,31 @@ def find_problems(
     return problems
 
 
+def find_notices(database: peewee.Database) -> list[Problem]:
+    """What check shows without failing: the customers under quarantine (one small query)."""
+    customers = [q.subject for q in open_quarantines(database) if q.scope == CUSTOMER]
+    if not customers:
+        return []
+    shown = ", ".join(customers[:10]) + (
+        f" and {len(customers) - 10} more" if len(customers) > 10 else ""
+    )
+    return [
+        Problem(
+            "quarantined_customers",
+            f"{len(customers)} customer(s) refused by Stripe, their reports kept back: {shown} "
+            "(see 'sensormeter quarantine')",
+            notice=True,
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    """What ``sensormeter check`` found: its exit status and the problems behind it."""
+    """What ``sensormeter check`` found: its exit status, the problems and the notices."""
 
     status: int  # OK, PROBLEMS or UNREACHABLE
     problems: list[Problem] = field(default_factory=list)
+    notices: list[Problem] = field(default_factory=list)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -145,6 +181,7 @@ def run_check(settings: Settings) -> CheckResult:
             return CheckResult(UNREACHABLE, unreachable)
         source = load_usage_source(settings, database)
         problems = find_problems(settings, database, connection, source, utcnow())
+        notices = find_notices(database)
     except peewee.DatabaseError as exc:
         detail = f"cannot read it: {_first_line(exc)} (did you run 'sensormeter init-db'?)"
         return CheckResult(UNREACHABLE, [Problem("database_unreachable", detail)])
@@ -154,4 +191,4 @@ def run_check(settings: Settings) -> CheckResult:
         if database is not None:
             database.close()
         connection.close()
-    return CheckResult(PROBLEMS if problems else OK, problems)
+    return CheckResult(PROBLEMS if problems else OK, problems, notices)

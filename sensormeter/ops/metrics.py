@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from ..db import utcnow
 from ..errors import SensormeterError
 from ..logs import get_logger
+from ..quarantine import CUSTOMER, METER, open_quarantines
 from ..runtime import make_redis
 from ..settings import Settings
 from ..tasks.catchup import last_finding
@@ -92,6 +93,7 @@ class SensormeterCollector(Collector):
             newest = newest_hourly_delivery(database, settings.meter_event_name, since)
             oldest = oldest_unsent(database)
             abandoned = count_abandoned_pending(database, now - stale_after(settings))
+            quarantines = open_quarantines(database)
         finally:
             database.close()
         reports = GaugeMetricFamily(
@@ -117,6 +119,21 @@ class SensormeterCollector(Collector):
                 "sensormeter_abandoned_pending_reports",
                 "Pending rows untouched for longer than a job and its retries can keep them",
                 abandoned,
+            ),
+            _gauge(
+                "sensormeter_quarantined_customers",
+                "Customers Stripe refuses, whose reports are kept back (sensormeter quarantine)",
+                sum(1 for q in quarantines if q.scope == CUSTOMER),
+            ),
+            _gauge(
+                "sensormeter_meter_paused",
+                "1 while sending to the meter is paused because Stripe refuses it, else 0",
+                int(
+                    any(
+                        q.scope == METER and q.subject == settings.meter_event_name
+                        for q in quarantines
+                    )
+                ),
             ),
         ]
 

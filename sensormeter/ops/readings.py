@@ -29,7 +29,7 @@ from ..tasks.queue import make_queue
 from ..tasks.schedule import close_job_id, hourly_job_id, sweep_job_id
 
 UNSENT = (MeterReport.PENDING, MeterReport.FAILED)  # waiting to be delivered
-# Every status but sent (held, quarantined and superseded too): few rows, counted by status.
+# Every status but sent: few rows, each counted through the status index.
 NOT_SENT = tuple(s for s in MeterReport.STATUSES if s != MeterReport.SENT)
 # The scheduled jobs by the name metrics and check use, with their fixed ids.
 SCHEDULED_JOBS = {"hourly": hourly_job_id, "sweep": sweep_job_id, "period_close": close_job_id}

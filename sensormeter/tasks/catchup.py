@@ -42,7 +42,8 @@ from .report import process_meter_report
 
 log = get_logger(__name__)
 
-DONE = (MeterReport.SENT, MeterReport.REJECTED)
+# A quarantined or superseded hour is decided too: catch-up would only find its row again.
+DONE = (MeterReport.SENT, MeterReport.REJECTED, MeterReport.QUARANTINED, MeterReport.SUPERSEDED)
 
 
 def hours_between(first: datetime, last: datetime) -> list[datetime]:

@@ -208,3 +208,23 @@ class TestTwin:
         ]
         assert source.billable_organization_ids(None, 10) == ["a"]
         assert source.explain_not_billable("b") == "subscription status not billable: past_due"
+
+
+class TestCheck:
+    @sqlite_only
+    def test_check_notes_unbilled_usage_without_failing_for_it(
+        self, runtime: Runtime, redis_conn: redis.Redis
+    ) -> None:
+        """After a survey: one notice line with the totals by reason; none before."""
+        fleet()
+        before = sensormeter(cli_env(runtime.settings), "check")
+        assert "unbilled_usage" not in before.stdout
+        survey_unbilled()
+        done = sensormeter(cli_env(runtime.settings), "check")
+        assert done.returncode == before.returncode, done.stdout
+        [line] = [x for x in done.stdout.splitlines() if "unbilled_usage" in x]
+        assert line == (
+            "sensormeter.check.notice unbilled_usage: 25 active sensor(s) of 6 organization(s) "
+            "are not billed (past_due 12, no_subscription 6, canceled 4, no_customer 3; "
+            "see 'sensormeter unbilled')"
+        )

@@ -20,6 +20,7 @@ from ..runtime import check_redis, make_redis
 from ..settings import Settings
 from ..tasks.recovery import stale_after
 from ..usage import UsageSource, load_usage_source
+from ..usage.unbilled import last_totals
 from .readings import (
     SCHEDULED_JOBS,
     count_abandoned_pending,
@@ -142,6 +143,25 @@ def find_notices(database: peewee.Database) -> list[Problem]:
     ]
 
 
+def unbilled_notices(connection: redis.Redis, queue_name: str) -> list[Problem]:
+    """Active sensors nobody is billed for, as the last hourly survey found them (one GET)."""
+    found = last_totals(connection, queue_name)
+    if found is None or not sum(found.sensors.values()):
+        return []
+    reasons = ", ".join(
+        f"{reason} {n}" for reason, n in sorted(found.sensors.items(), key=lambda r: -r[1])
+    )
+    return [
+        Problem(
+            "unbilled_usage",
+            f"{sum(found.sensors.values())} active sensor(s) of "
+            f"{sum(found.organizations.values())} organization(s) are not billed ({reasons}; "
+            "see 'sensormeter unbilled')",
+            notice=True,
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """What ``sensormeter check`` found: its exit status, the problems and the notices."""
@@ -181,7 +201,7 @@ def run_check(settings: Settings) -> CheckResult:
             return CheckResult(UNREACHABLE, unreachable)
         source = load_usage_source(settings, database)
         problems = find_problems(settings, database, connection, source, utcnow())
-        notices = find_notices(database)
+        notices = find_notices(database) + unbilled_notices(connection, settings.queue_name)
     except peewee.DatabaseError as exc:
         detail = f"cannot read it: {_first_line(exc)} (did you run 'sensormeter init-db'?)"
         return CheckResult(UNREACHABLE, [Problem("database_unreachable", detail)])

@@ -1,11 +1,13 @@
 """The ledger: one ``meter_reports`` row per report, the billing audit trail.
 
 Identifiers (``identifiers.py``) are fixed before the first attempt; rows (``rows.py``) are
-created pending and record every attempt's outcome.
+created pending and record every attempt's outcome. Beside it, the billable history
+(``history.py``): when each organization was billable, and under which customer.
 """
 
 from __future__ import annotations
 
+from . import history
 from .identifiers import (
     customer_hourly_identifier,
     customer_request_identifier,
@@ -42,6 +44,7 @@ __all__ = [
     "find",
     "find_by_event",
     "find_by_ids",
+    "history",
     "hourly_identifier",
     "ids_to_resend",
     "keep_back",

@@ -1,0 +1,325 @@
+"""Billable history: the stretches of UTC hours each organization was billable, and to whom.
+
+The hourly fan-out records each chunk's billable organizations at its hour (:func:`record`),
+then marks the hour as recorded for the whole fleet (:func:`mark_run`). An interval grows by
+one hour per run; it also bridges hours when no run recorded anything (workers or scheduler
+down), up to the catch-up window, so catch-up still finds those hours. An hour a run did
+record without the organization is never bridged: it was not billable then.
+
+Reports of past hours, catch-up and backfill read it (:func:`billable_then`,
+:func:`members_then`, :func:`spans`): see docs/operations.md, "Billable history".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+
+from ..hours import format_hour, hour_start
+from ..models import BillableInterval, tuples, utcnow
+from .identifiers import organization_id_problem
+
+HOUR = timedelta(hours=1)
+# The hours a complete fan-out recorded, kept as intervals of this pseudo-organization: no
+# organization id can take this form (organization_id_problem refuses the leading '*').
+RUNS = "*hourly-runs"
+_BATCH = 500  # ids per UPDATE and rows per INSERT (SQLite takes 999 parameters at most)
+_COLUMNS = (
+    BillableInterval.id,
+    BillableInterval.organization_id,
+    BillableInterval.stripe_customer_id,
+    BillableInterval.first_hour,
+    BillableInterval.last_hour,
+)
+
+
+def _hour(value: Any) -> datetime:
+    # SQLite may hand datetimes back as text.
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Hours ``first_hour``..``last_hour`` (both included) billable under ``customer``."""
+
+    organization_id: str
+    customer: str
+    first_hour: datetime
+    last_hour: datetime
+    id: int = 0
+
+    def covers(self, hour: datetime) -> bool:
+        """Whether ``hour`` (an hour start) is one of the interval's hours."""
+        return self.first_hour <= hour <= self.last_hour
+
+
+def _read(condition: Any) -> list[Interval]:
+    query = BillableInterval.select(*_COLUMNS).where(condition).order_by(BillableInterval.id)
+    return [
+        Interval(org, customer, _hour(first), _hour(last), int(row_id))
+        for row_id, org, customer, first, last in tuples(query)
+    ]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one :func:`record` call did: intervals extended, started, already covering."""
+
+    extended: int = 0
+    started: int = 0
+    unchanged: int = 0
+
+
+def record(
+    database: peewee.Database, customers: Mapping[str, str], hour: datetime, *, bridge_hours: int
+) -> Recorded:
+    """Record that ``customers``' organizations are billable at ``hour`` under those customers.
+
+    An organization whose latest interval has the same customer and ends the hour before (or
+    ends at most ``bridge_hours`` earlier, over hours no run recorded) gets ``hour`` added;
+    one already covering ``hour`` is left alone (a run repeated in the hour changes nothing);
+    any other starts a new interval. Three statements whatever the chunk's size.
+
+    Args:
+        database: the open database.
+        customers: each billable organization's Stripe customer (a blank one is not billable).
+        hour: the hour of the run (any moment in it).
+        bridge_hours: the catch-up window (``SENSORMETER_CATCHUP_HOURS``).
+    """
+    usable = {
+        org: customer
+        for org, customer in customers.items()
+        if organization_id_problem(org) is None and isinstance(customer, str) and customer.strip()
+    }
+    return _record(database, usable, hour_start(hour), bridge_hours)
+
+
+def mark_run(database: peewee.Database, hour: datetime) -> None:
+    """Mark ``hour`` as recorded for the whole fleet (after the fan-out's last chunk)."""
+    _record(database, {RUNS: ""}, hour_start(hour), 0)
+
+
+def _record(
+    database: peewee.Database, customers: Mapping[str, str], hour: datetime, bridge_hours: int
+) -> Recorded:
+    if not customers:
+        return Recorded()
+    earliest = hour - HOUR * (bridge_hours + 1)
+    org = BillableInterval.organization_id
+    found = _read(
+        org.in_(sorted({*customers, RUNS}))
+        & (BillableInterval.last_hour >= earliest)
+        & (BillableInterval.first_hour <= hour)
+    )
+    runs = [i for i in found if i.organization_id == RUNS]
+    mine: dict[str, list[Interval]] = defaultdict(list)
+    for interval in found:
+        mine[interval.organization_id].append(interval)
+    extend: list[int] = []
+    start: list[tuple[str, str]] = []
+    unchanged = 0
+    for organization, customer in sorted(customers.items()):
+        intervals = mine.get(organization, [])
+        if any(i.covers(hour) for i in intervals):
+            unchanged += 1
+            continue
+        latest = max(intervals, key=lambda i: (i.last_hour, i.id), default=None)
+        if latest is not None and latest.customer == customer and _bridges(latest, hour, runs):
+            extend.append(latest.id)
+        else:
+            start.append((organization, customer))
+    now = utcnow()
+    with database.atomic():
+        for i in range(0, len(extend), _BATCH):
+            BillableInterval.update(
+                {BillableInterval.last_hour: hour, BillableInterval.updated_at: now}
+            ).where(
+                BillableInterval.id.in_(extend[i : i + _BATCH])
+                & (BillableInterval.last_hour < hour)  # a concurrent run got there: no change
+            ).execute()
+        rows = [(o, c, hour, hour, now) for o, c in start]
+        fields = [
+            BillableInterval.organization_id,
+            BillableInterval.stripe_customer_id,
+            BillableInterval.first_hour,
+            BillableInterval.last_hour,
+            BillableInterval.updated_at,
+        ]
+        for i in range(0, len(rows), _BATCH // 5):
+            BillableInterval.insert_many(rows[i : i + _BATCH // 5], fields=fields).execute()
+    return Recorded(len(extend), len(start), unchanged)
+
+
+def _bridges(latest: Interval, hour: datetime, runs: Sequence[Interval]) -> bool:
+    """Whether ``latest`` may grow to ``hour``: no run recorded the hours between them."""
+    after = latest.last_hour + HOUR
+    if after == hour:
+        return True
+    return not any(r.first_hour < hour and r.last_hour >= after for r in runs)
+
+
+# Reads -----------------------------------------------------------------------------------
+
+
+def intervals(
+    organization_id: str, since: datetime | None = None, until: datetime | None = None
+) -> list[Interval]:
+    """An organization's intervals overlapping since..until (both optional), oldest first."""
+    condition = BillableInterval.organization_id == organization_id
+    if since is not None:
+        condition &= BillableInterval.last_hour >= hour_start(since)
+    if until is not None:
+        condition &= BillableInterval.first_hour <= hour_start(until)
+    return sorted(_read(condition), key=lambda i: (i.first_hour, i.id))
+
+
+def recorded_runs(since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
+    """The stretches of hours (overlapping since..until) a complete hourly fan-out recorded."""
+    return [(i.first_hour, i.last_hour) for i in intervals(RUNS, since, until)]
+
+
+def customers_at(organization_ids: Sequence[str], hour: datetime) -> dict[str, str]:
+    """Each organization billable at ``hour`` (per the history) and its customer then."""
+    if not organization_ids:
+        return {}
+    hour = hour_start(hour)
+    found: dict[str, str] = {}
+    for interval in _read(
+        BillableInterval.organization_id.in_(list(organization_ids))
+        & (BillableInterval.first_hour <= hour)
+        & (BillableInterval.last_hour >= hour)
+    ):
+        found.setdefault(interval.organization_id, interval.customer)  # the first record wins
+    return found
+
+
+def members_at(customers: Iterable[str], hour: datetime) -> dict[str, list[str]]:
+    """The organizations billable under each customer at ``hour`` (per the history)."""
+    wanted = sorted(set(customers))
+    if not wanted:
+        return {}
+    hour = hour_start(hour)
+    members: dict[str, set[str]] = defaultdict(set)
+    for interval in _read(
+        BillableInterval.stripe_customer_id.in_(wanted)
+        & (BillableInterval.last_hour >= hour)
+        & (BillableInterval.first_hour <= hour)
+        & (BillableInterval.organization_id != RUNS)
+    ):
+        members[interval.customer].add(interval.organization_id)
+    return {customer: sorted(orgs) for customer, orgs in members.items()}
+
+
+def known_since(organization_ids: Sequence[str]) -> dict[str, datetime]:
+    """The first hour the history recorded each organization billable (absent: never)."""
+    if not organization_ids:
+        return {}
+    org = BillableInterval.organization_id
+    query = (
+        BillableInterval.select(org, peewee.fn.MIN(BillableInterval.first_hour))
+        .where(org.in_(list(organization_ids)))
+        .group_by(org)
+    )
+    return {o: _hour(first) for o, first in tuples(query)}
+
+
+def organizations_between(
+    first: datetime, last: datetime, after: str | None, limit: int
+) -> list[str]:
+    """Organizations with an interval overlapping first..last, ids above ``after``, ascending."""
+    org = BillableInterval.organization_id
+    condition = (
+        (BillableInterval.last_hour >= first)
+        & (BillableInterval.first_hour <= last)
+        & (org != RUNS)
+    )
+    if after is not None:
+        condition &= org > after
+    query = BillableInterval.select(org).where(condition).group_by(org).order_by(org).limit(limit)
+    return [o for (o,) in tuples(query)]
+
+
+@dataclass
+class Spans:
+    """What catch-up needs of some organizations' history over a window (see :func:`spans`)."""
+
+    known_since: dict[str, datetime] = field(default_factory=dict)
+    intervals: dict[str, list[Interval]] = field(default_factory=dict)
+
+    def knows(self, organization_id: str, hour: datetime) -> bool:
+        """Whether the history answers for this organization at ``hour`` (recorded by then)."""
+        since = self.known_since.get(organization_id)
+        return since is not None and since <= hour
+
+    def billable(self, organization_id: str, hour: datetime) -> bool:
+        """Whether the history has the organization billable at ``hour``."""
+        return any(i.covers(hour) for i in self.intervals.get(organization_id, ()))
+
+
+def spans(organization_ids: Sequence[str], first: datetime, last: datetime) -> Spans:
+    """The organizations' first recorded hours, and their intervals overlapping first..last."""
+    found = Spans(known_since(organization_ids))
+    if found.known_since:
+        for interval in _read(
+            BillableInterval.organization_id.in_(sorted(found.known_since))
+            & (BillableInterval.last_hour >= first)
+            & (BillableInterval.first_hour <= last)
+        ):
+            found.intervals.setdefault(interval.organization_id, []).append(interval)
+    return found
+
+
+# Reports of past hours ---------------------------------------------------------------------
+
+
+def past_hour(report_hour: datetime | None, now: datetime | None = None) -> datetime | None:
+    """The report's hour when it is before the current UTC hour (the history answers then)."""
+    if report_hour is None:
+        return None
+    current = hour_start(now if now is not None else utcnow())
+    return report_hour if hour_start(report_hour) < current else None
+
+
+@dataclass(frozen=True)
+class BillableThen:
+    """What the history says of some organizations at a past hour (see :func:`billable_then`).
+
+    ``known`` are the organizations the history had recorded by then; of them, ``customers``
+    were billable at that hour (with their customer of then). The others are left to the
+    usage source, as before the history existed.
+    """
+
+    hour: datetime
+    known: frozenset[str]
+    customers: dict[str, str]
+
+    def reason(self, organization_id: str) -> str:
+        """Why a known organization is not reported for the hour, for the log."""
+        return f"not billable at {format_hour(self.hour)} (billable history)"
+
+
+def billable_then(organization_ids: Sequence[str], hour: datetime) -> BillableThen:
+    """The organizations the history knows at ``hour``, and which were billable then."""
+    hour = hour_start(hour)
+    known = frozenset(o for o, first in known_since(organization_ids).items() if first <= hour)
+    return BillableThen(hour, known, customers_at(sorted(known), hour) if known else {})
+
+
+def members_then(members: Mapping[str, Iterable[str]], hour: datetime) -> dict[str, set[str]]:
+    """Each customer's organizations at a past hour, from those the usage source gives now.
+
+    An organization the history knows at ``hour`` counts only if it was billable under that
+    customer then (even if it is not now); one it does not know stays as the source says.
+    """
+    then = members_at(members, hour)
+    candidates = sorted({o for orgs in members.values() for o in orgs})
+    known = {o for o, first in known_since(candidates).items() if first <= hour_start(hour)}
+    return {
+        customer: {o for o in orgs if o not in known} | set(then.get(customer, ()))
+        for customer, orgs in members.items()
+    }

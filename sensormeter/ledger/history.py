@@ -250,11 +250,19 @@ class Spans:
 
     known_since: dict[str, datetime] = field(default_factory=dict)
     intervals: dict[str, list[Interval]] = field(default_factory=dict)
+    runs: list[Interval] = field(default_factory=list)
 
     def knows(self, organization_id: str, hour: datetime) -> bool:
-        """Whether the history answers for this organization at ``hour`` (recorded by then)."""
+        """Whether the history answers for this organization at ``hour``.
+
+        It does once it has recorded the organization, at an hour a complete fan-out
+        recorded or one of the organization's intervals covers. Of an hour no run recorded
+        (the current one before its fan-out, an outage not bridged) it knows nothing.
+        """
         since = self.known_since.get(organization_id)
-        return since is not None and since <= hour
+        if since is None or since > hour:
+            return False
+        return self.billable(organization_id, hour) or any(r.covers(hour) for r in self.runs)
 
     def billable(self, organization_id: str, hour: datetime) -> bool:
         """Whether the history has the organization billable at ``hour``."""
@@ -266,11 +274,14 @@ def spans(organization_ids: Sequence[str], first: datetime, last: datetime) -> S
     found = Spans(known_since(organization_ids))
     if found.known_since:
         for interval in _read(
-            BillableInterval.organization_id.in_(sorted(found.known_since))
+            BillableInterval.organization_id.in_([*sorted(found.known_since), RUNS])
             & (BillableInterval.last_hour >= first)
             & (BillableInterval.first_hour <= last)
         ):
-            found.intervals.setdefault(interval.organization_id, []).append(interval)
+            if interval.organization_id == RUNS:
+                found.runs.append(interval)
+            else:
+                found.intervals.setdefault(interval.organization_id, []).append(interval)
     return found
 
 
@@ -289,9 +300,9 @@ def past_hour(report_hour: datetime | None, now: datetime | None = None) -> date
 class BillableThen:
     """What the history says of some organizations at a past hour (see :func:`billable_then`).
 
-    ``known`` are the organizations the history had recorded by then; of them, ``customers``
-    were billable at that hour (with their customer of then). The others are left to the
-    usage source, as before the history existed.
+    ``known`` are the organizations the history answers for at that hour (see
+    :meth:`Spans.knows`); of them, ``customers`` were billable then (with their customer of
+    then). The others are left to the usage source, as before the history existed.
     """
 
     hour: datetime
@@ -304,21 +315,27 @@ class BillableThen:
 
 
 def billable_then(organization_ids: Sequence[str], hour: datetime) -> BillableThen:
-    """The organizations the history knows at ``hour``, and which were billable then."""
+    """The organizations the history answers for at ``hour``, and which were billable then."""
     hour = hour_start(hour)
+    customers = customers_at([*organization_ids, RUNS], hour)
+    if customers.pop(RUNS, None) is None:  # no run recorded the hour: only intervals tell
+        return BillableThen(hour, frozenset(customers), customers)
     known = frozenset(o for o, first in known_since(organization_ids).items() if first <= hour)
-    return BillableThen(hour, known, customers_at(sorted(known), hour) if known else {})
+    return BillableThen(hour, known, customers)
 
 
 def members_then(members: Mapping[str, Iterable[str]], hour: datetime) -> dict[str, set[str]]:
     """Each customer's organizations at a past hour, from those the usage source gives now.
 
-    An organization the history knows at ``hour`` counts only if it was billable under that
-    customer then (even if it is not now); one it does not know stays as the source says.
+    An organization the history answers for at ``hour`` counts only if it was billable under
+    that customer then (even if it is not now); any other stays as the source says.
     """
+    hour = hour_start(hour)
     then = members_at(members, hour)
-    candidates = sorted({o for orgs in members.values() for o in orgs})
-    known = {o for o, first in known_since(candidates).items() if first <= hour_start(hour)}
+    known: set[str] = set()
+    if customers_at([RUNS], hour):
+        candidates = sorted({o for orgs in members.values() for o in orgs})
+        known = {o for o, first in known_since(candidates).items() if first <= hour}
     return {
         customer: {o for o in orgs if o not in known} | set(then.get(customer, ()))
         for customer, orgs in members.items()

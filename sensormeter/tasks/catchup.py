@@ -77,7 +77,6 @@ def find_gaps(
     hours: Sequence[datetime],
     stale_before: datetime | None = None,
     *,
-    spans: history.Spans | None = None,
     billable_now: Collection[str] | None = None,
 ) -> dict[datetime, list[str]]:
     """Hours (among ``hours``) each organization lacks a covered hourly report for.
@@ -86,10 +85,11 @@ def find_gaps(
     (always, when None). One aggregate query for the chunk; only organizations it shows
     incomplete are read in detail.
 
-    Which hours an organization owes: where the billable history (``spans``) knows it, the
-    hours of its intervals, and no other; before the history knows it, the hours since the
-    first one sensormeter reported for it, if it is billable now (``billable_now``; None:
-    all are). An organization with neither is never caught up (first deployment).
+    Which hours an organization owes: where the billable history answers for it
+    (:meth:`history.Spans.knows`), the hours of its intervals, and no other; elsewhere, the
+    hours since the first one sensormeter reported for it, if it is billable now
+    (``billable_now``; None: all are). An organization with neither is never caught up
+    (first deployment). The history is read for the incomplete organizations only.
     """
     if not organization_ids or not hours:
         return {}
@@ -132,6 +132,7 @@ def find_gaps(
             .group_by(org)
         )
     }
+    spans = history.spans(suspects, first, last)
     gaps: dict[datetime, list[str]] = defaultdict(list)
     for o in suspects:
         floor: datetime | None = None
@@ -143,7 +144,7 @@ def find_gaps(
         for hour in hours:
             if seen[o].get(hour):
                 continue
-            if spans is not None and spans.knows(o, hour):
+            if spans.knows(o, hour):
                 owed = spans.billable(o, hour)
             else:
                 # Never reported: a first deployment does not bill history.
@@ -201,14 +202,8 @@ def iter_gaps(
         return
     stale_before = utcnow() - stale_after(settings)
     for chunk, billable_now in _chunks(source, settings, hours[0], hours[-1], organization_ids):
-        spans = history.spans(chunk, hours[0], hours[-1])
         gaps = find_gaps(
-            settings.meter_event_name,
-            chunk,
-            hours,
-            stale_before,
-            spans=spans,
-            billable_now=billable_now,
+            settings.meter_event_name, chunk, hours, stale_before, billable_now=billable_now
         )
         for hour in sorted(gaps):
             yield format_hour(hour), gaps[hour]

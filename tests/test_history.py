@@ -373,3 +373,36 @@ class TestFanOutRecords:
         report_all_sensor_counts()
         assert history.customers_at(["a", "b", "gone"], h) == {"a": "cus_a", "b": "cus_b"}
         assert history.recorded_runs(h, h) == [(h, h)]
+
+
+class TestFinalCountAtCancellation:
+    def test_a_cancellation_handler_must_let_its_report_run_before_recording_it(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """enqueue_sensor_report, then the cancellation: sent if its job ran first, else skipped."""
+        from sensormeter import enqueue_sensor_report
+        from sensormeter.logs import capture_logs
+
+        make_org("first", active=4)
+        make_org("late", active=6)
+        report_all_sensor_counts()  # the hour's reports: 4 and 6
+        work(runtime)
+        Sensor.insert_many(  # changes after the hourly report, before the cancellation
+            [("first", True), ("late", True)], fields=[Sensor.organization, Sensor.is_active]
+        ).execute()
+        enqueue_sensor_report("first", settings=runtime.settings, connection=runtime.redis)
+        work(runtime)  # the handler waited for the job
+        set_status("first", "canceled")
+        enqueue_sensor_report("late", settings=runtime.settings, connection=runtime.redis)
+        set_status("late", "canceled")  # recorded before the job ran
+        with capture_logs() as logs:
+            work(runtime)
+        values = {
+            c: [e.value for e in emulator.events() if e.customer == c]
+            for c in ("cus_first", "cus_late")
+        }
+        assert values == {"cus_first": [4, 5], "cus_late": [6]}
+        skipped = [e for e in logs if e.get("event") == "report.skipped"]
+        assert [(e["organization_id"], e["reason"]) for e in skipped] == [
+            ("late", "subscription status not billable: canceled")
+        ]

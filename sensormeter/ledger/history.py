@@ -66,6 +66,30 @@ def _read(condition: Any) -> list[Interval]:
     ]
 
 
+def _recent(
+    database: peewee.Database, organization_ids: list[str], since: datetime, until: datetime
+) -> list[Interval]:
+    """Intervals of these organizations ending at ``since`` or later, starting by ``until``.
+
+    Straight to the driver: peewee builds a 1,000-id IN list and converts each datetime
+    value by value, which cost more than the query itself (see docs/performance.md).
+    """
+    marks = ", ".join([database.param] * len(organization_ids))
+    bounds: list[Any] = [since, until]
+    if isinstance(database, peewee.SqliteDatabase):
+        bounds = [str(b) for b in bounds]  # how peewee stores them: 'YYYY-MM-DD HH:MM:SS'
+    cursor = database.execute_sql(
+        f"SELECT id, organization_id, stripe_customer_id, first_hour, last_hour"
+        f" FROM {BillableInterval._meta.table_name} WHERE organization_id IN ({marks})"
+        f" AND last_hour >= {database.param} AND first_hour <= {database.param}",
+        [*organization_ids, *bounds],
+    )
+    return [
+        Interval(org, customer, _hour(first), _hour(last), int(row_id))
+        for row_id, org, customer, first, last in cursor.fetchall()
+    ]
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What one :func:`record` call did: intervals extended, started, already covering."""
@@ -109,13 +133,7 @@ def _record(
 ) -> Recorded:
     if not customers:
         return Recorded()
-    earliest = hour - HOUR * (bridge_hours + 1)
-    org = BillableInterval.organization_id
-    found = _read(
-        org.in_(sorted({*customers, RUNS}))
-        & (BillableInterval.last_hour >= earliest)
-        & (BillableInterval.first_hour <= hour)
-    )
+    found = _recent(database, sorted({*customers, RUNS}), hour - HOUR * (bridge_hours + 1), hour)
     runs = [i for i in found if i.organization_id == RUNS]
     mine: dict[str, list[Interval]] = defaultdict(list)
     for interval in found:
@@ -142,17 +160,22 @@ def _record(
                 BillableInterval.id.in_(extend[i : i + _BATCH])
                 & (BillableInterval.last_hour < hour)  # a concurrent run got there: no change
             ).execute()
-        rows = [(o, c, hour, hour, now) for o, c in start]
-        fields = [
-            BillableInterval.organization_id,
-            BillableInterval.stripe_customer_id,
-            BillableInterval.first_hour,
-            BillableInterval.last_hour,
-            BillableInterval.updated_at,
-        ]
-        for i in range(0, len(rows), _BATCH // 5):
-            BillableInterval.insert_many(rows[i : i + _BATCH // 5], fields=fields).execute()
+        if start:
+            _insert(database, [(o, c, hour, hour, now) for o, c in start])
     return Recorded(len(extend), len(start), unchanged)
+
+
+def _insert(database: peewee.Database, rows: list[tuple[str, str, Any, Any, Any]]) -> None:
+    """Insert new intervals through the driver (peewee builds big INSERTs value by value)."""
+    if isinstance(database, peewee.SqliteDatabase):
+        rows = [(o, c, str(first), str(last), str(at)) for o, c, first, last, at in rows]
+    marks = ", ".join([database.param] * 5)
+    cursor: Any = database.cursor()
+    cursor.executemany(
+        f"INSERT INTO {BillableInterval._meta.table_name} (organization_id,"
+        f" stripe_customer_id, first_hour, last_hour, updated_at) VALUES ({marks})",
+        rows,
+    )
 
 
 def _bridges(latest: Interval, hour: datetime, runs: Sequence[Interval]) -> bool:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pipeline import ensure_pg_database, seed  # noqa: E402
 
+from sensormeter import db  # noqa: E402
 from sensormeter.hours import format_hour, hour_start  # noqa: E402
 from sensormeter.ledger import history  # noqa: E402
 from sensormeter.models import BillableInterval, utcnow  # noqa: E402
@@ -61,7 +62,12 @@ def main() -> None:
     if not args.skip_seed:
         if args.database.startswith("postgres"):
             ensure_pg_database(args.database)
-        print(f"seeded {args.orgs} organizations in {seed(args.database, args.orgs):.1f} s")
+        # pipeline.seed copies with psycopg2's copy_expert; the runs use the default driver.
+        drivers, db.POSTGRES_DRIVERS = db.POSTGRES_DRIVERS, ("psycopg2",)
+        try:
+            print(f"seeded {args.orgs} organizations in {seed(args.database, args.orgs):.1f} s")
+        finally:
+            db.POSTGRES_DRIVERS = drivers
     settings = Settings(
         database_url=args.database,
         redis_url=args.redis,

@@ -66,23 +66,34 @@ def _read(condition: Any) -> list[Interval]:
     ]
 
 
+def _among(database: peewee.Database, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    """``IN (...)`` for SQLite; ``= ANY(array)`` for PostgreSQL, one parameter, no parsing."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return f"= ANY({database.param})", [list(values)]
+    return f"IN ({', '.join([database.param] * len(values))})", list(values)
+
+
+def _stored(database: peewee.Database, moment: datetime) -> Any:
+    """A datetime as a parameter: SQLite holds them as peewee writes them, in text."""
+    return str(moment) if isinstance(database, peewee.SqliteDatabase) else moment
+
+
 def _recent(
     database: peewee.Database, organization_ids: list[str], since: datetime, until: datetime
 ) -> list[Interval]:
     """Intervals of these organizations ending at ``since`` or later, starting by ``until``.
 
     Straight to the driver: peewee builds a 1,000-id IN list and converts each datetime
-    value by value, which cost more than the query itself (see docs/performance.md).
+    value by value, which cost more than the query itself (see docs/performance.md); so
+    does psycopg parsing 1,000 placeholders, hence one array parameter on PostgreSQL.
     """
-    marks = ", ".join([database.param] * len(organization_ids))
-    bounds: list[Any] = [since, until]
-    if isinstance(database, peewee.SqliteDatabase):
-        bounds = [str(b) for b in bounds]  # how peewee stores them: 'YYYY-MM-DD HH:MM:SS'
+    among, params = _among(database, organization_ids)
+    p = database.param
     cursor = database.execute_sql(
         f"SELECT id, organization_id, stripe_customer_id, first_hour, last_hour"
-        f" FROM {BillableInterval._meta.table_name} WHERE organization_id IN ({marks})"
-        f" AND last_hour >= {database.param} AND first_hour <= {database.param}",
-        [*organization_ids, *bounds],
+        f" FROM {BillableInterval._meta.table_name} WHERE organization_id {among}"
+        f" AND last_hour >= {p} AND first_hour <= {p}",
+        [*params, _stored(database, since), _stored(database, until)],
     )
     return [
         Interval(org, customer, _hour(first), _hour(last), int(row_id))
@@ -154,12 +165,14 @@ def _record(
     now = utcnow()
     with database.atomic():
         for i in range(0, len(extend), _BATCH):
-            BillableInterval.update(
-                {BillableInterval.last_hour: hour, BillableInterval.updated_at: now}
-            ).where(
-                BillableInterval.id.in_(extend[i : i + _BATCH])
-                & (BillableInterval.last_hour < hour)  # a concurrent run got there: no change
-            ).execute()
+            among, params = _among(database, extend[i : i + _BATCH])
+            p = database.param
+            database.execute_sql(
+                f"UPDATE {BillableInterval._meta.table_name} SET last_hour = {p},"
+                f" updated_at = {p} WHERE id {among}"
+                f" AND last_hour < {p}",  # a concurrent run got there first: no change
+                [_stored(database, hour), _stored(database, now), *params, _stored(database, hour)],
+            )
         if start:
             _insert(database, [(o, c, hour, hour, now) for o, c in start])
     return Recorded(len(extend), len(start), unchanged)
@@ -167,8 +180,10 @@ def _record(
 
 def _insert(database: peewee.Database, rows: list[tuple[str, str, Any, Any, Any]]) -> None:
     """Insert new intervals through the driver (peewee builds big INSERTs value by value)."""
-    if isinstance(database, peewee.SqliteDatabase):
-        rows = [(o, c, str(first), str(last), str(at)) for o, c, first, last, at in rows]
+    rows = [
+        (o, c, _stored(database, first), _stored(database, last), _stored(database, at))
+        for o, c, first, last, at in rows
+    ]
     marks = ", ".join([database.param] * 5)
     cursor: Any = database.cursor()
     cursor.executemany(

@@ -13,6 +13,9 @@ run, its seconds, the fan-out's ``db_seconds`` (reading billable ids) and ``hist
   extended: what each hourly run pays);
 - repeat: the current hour once more (every organization already covered).
 
+It also times the usage source's ``billable_customers`` over every chunk alone (with the
+paging), the part of ``history_seconds`` that is not the history's own.
+
     python benchmarks/history.py --orgs 20000 --database sqlite:////tmp/sensormeter-history.db
     python benchmarks/history.py --orgs 20000 --database postgresql://postgres@127.0.0.1:5432/x
 """
@@ -93,6 +96,11 @@ def main() -> None:
         runs["steady"] = timed(runtime, None)
         runs["repeat"] = timed(runtime, None)
         intervals = BillableInterval.select().count()
+        # The part of history_seconds that is the usage source's customers query alone.
+        started = time.perf_counter()
+        for chunk in iter_billable_chunks(runtime.source, settings.chunk_size):
+            runtime.source.billable_customers(chunk)
+        customers_seconds = time.perf_counter() - started
     runtime.redis.flushdb()
     set_runtime(None)
     runtime.close()
@@ -104,6 +112,7 @@ def main() -> None:
             f"{result['history_seconds'] if result['history_seconds'] is not None else '-':>16}"
         )
     print(f"history rows after the runs: {intervals} (one per organization, and one of runs)")
+    print(f"of history_seconds, billable_customers for every chunk: {customers_seconds:.3f} s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
 from .gate import Gate
-from .ledger import LedgerRow, NewReport, history
+from .ledger import LedgerRow, NewReport, past
 from .logs import get_logger
 from .meters.base import MeterClient, MeterEvent, SendResult, classify_error
 from .models import MeterReport, utcnow
@@ -120,15 +120,15 @@ class Reporter:
         return now, self.source.count_active_sensors(organization_ids)
 
     def _customers(
-        self, organization_ids: list[str], result: ChunkResult, past: datetime | None = None
+        self, organization_ids: list[str], result: ChunkResult, hour: datetime | None = None
     ) -> dict[str, str]:
         """The billable organizations' customers; the others go to ``result.skipped``.
 
-        For a ``past`` hour, the billable history answers for the organizations it had
+        For a past ``hour``, the billable history answers for the organizations it had
         recorded by then (billable then, under the customer of then); the usage source
         answers for the others, with who is billable now.
         """
-        then = history.billable_then(organization_ids, past) if past is not None else None
+        then = past.billable_then(organization_ids, hour) if hour is not None else None
         asked = [o for o in organization_ids if then is None or o not in then.known]
         customers = self.source.billable_customers(asked) if asked else {}
         if then is not None:
@@ -149,13 +149,13 @@ class Reporter:
         return usable
 
     def _members(
-        self, customers: dict[str, str], past: datetime | None = None
+        self, customers: dict[str, str], hour: datetime | None = None
     ) -> dict[str, list[str]]:
         """Every billable organization of each customer at hand, ascending.
 
         Stripe meters aggregate per customer, so organizations sharing one are reported
         together. A host source without ``organizations_of_customers`` only groups the
-        organizations at hand (see docs/integrating.md). For a ``past`` hour, the billable
+        organizations at hand (see docs/integrating.md). For a past ``hour``, the billable
         history corrects the source's members to those billable under the customer then.
         """
         members: dict[str, set[str]] = {}
@@ -168,8 +168,8 @@ class Reporter:
                     members[customer].update(
                         o for o in orgs if ledger.organization_id_problem(o) is None
                     )
-        if past is not None:
-            members = history.members_then(members, past)
+        if hour is not None:
+            members = past.members_then(members, hour)
         return {customer: sorted(orgs) for customer, orgs in members.items()}
 
     def prepare(
@@ -190,9 +190,9 @@ class Reporter:
         rows = ledger.find(list(identifiers.values()))
         missing = [o for o in organization_ids if identifiers[o] not in rows]
         if missing:
-            past = history.past_hour(report.hour)  # reported from the billable history
-            customers = self._customers(missing, result, past)
-            members = self._members(customers, past)
+            hour = past.past_hour(report.hour)  # reported from the billable history
+            customers = self._customers(missing, result, hour)
+            members = self._members(customers, hour)
             others = [o for group in members.values() for o in group if o not in identifiers]
             identifiers.update(self.identifiers(others, report))
             rows.update(ledger.find([identifiers[o] for o in others]))

@@ -16,7 +16,7 @@ import pytest
 from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
 from sensormeter.hours import format_hour, hour_start
-from sensormeter.ledger import history
+from sensormeter.ledger import history, past
 from sensormeter.meters import InMemoryMeterClient
 from sensormeter.models import BillableInterval, MeterReport, Sensor, Subscription, utcnow
 from sensormeter.report import Report
@@ -172,7 +172,7 @@ class TestReads:
         assert history.known_since(["a", "c", "z"]) == {"a": h - 3 * H, "c": h - 2 * H}
         assert history.organizations_between(h - 2 * H, h, None, 10) == ["a", "c"]
         assert history.organizations_between(h - 5 * H, h, "a", 1) == ["b"]
-        assert history.past_hour(h - H) == h - H and history.past_hour(h) is None
+        assert past.past_hour(h - H) == h - H and past.past_hour(h) is None
 
 
 class TestPastHourReports:

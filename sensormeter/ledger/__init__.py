@@ -2,12 +2,13 @@
 
 Identifiers (``identifiers.py``) are fixed before the first attempt; rows (``rows.py``) are
 created pending and record every attempt's outcome. Beside it, the billable history
-(``history.py``): when each organization was billable, and under which customer.
+(``history.py``): when each organization was billable, and under which customer; and
+what it says of a past hour (``past.py``).
 """
 
 from __future__ import annotations
 
-from . import history
+from . import history, past
 from .identifiers import (
     customer_hourly_identifier,
     customer_request_identifier,
@@ -50,6 +51,7 @@ __all__ = [
     "keep_back",
     "on_demand_identifier",
     "organization_id_problem",
+    "past",
     "record_attempts",
     "summary",
     "validate_organization_id",

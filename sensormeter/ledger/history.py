@@ -6,21 +6,21 @@ one hour per run; it also bridges hours when no run recorded anything (workers o
 down), up to the catch-up window, so catch-up still finds those hours. An hour a run did
 record without the organization is never bridged: it was not billable then.
 
-Reports of past hours, catch-up and backfill read it (:func:`billable_then`,
-:func:`members_then`, :func:`spans`): see docs/operations.md, "Billable history".
+Reports of past hours, catch-up and backfill read it through ``past.py``; see
+docs/architecture.md and docs/operations.md, "Billable history".
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
 
-from ..hours import format_hour, hour_start
+from ..hours import hour_start
 from ..models import BillableInterval, tuples, utcnow
 from .identifiers import organization_id_problem
 
@@ -216,6 +216,19 @@ def intervals(
     return sorted(_read(condition), key=lambda i: (i.first_hour, i.id))
 
 
+def overlapping(
+    organization_ids: Sequence[str], since: datetime, until: datetime
+) -> list[Interval]:
+    """The intervals of these organizations (``RUNS`` may be one) overlapping since..until."""
+    if not organization_ids:
+        return []
+    return _read(
+        BillableInterval.organization_id.in_(list(organization_ids))
+        & (BillableInterval.last_hour >= hour_start(since))
+        & (BillableInterval.first_hour <= hour_start(until))
+    )
+
+
 def recorded_runs(since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
     """The stretches of hours (overlapping since..until) a complete hourly fan-out recorded."""
     return [(i.first_hour, i.last_hour) for i in intervals(RUNS, since, until)]
@@ -280,101 +293,3 @@ def organizations_between(
         condition &= org > after
     query = BillableInterval.select(org).where(condition).group_by(org).order_by(org).limit(limit)
     return [o for (o,) in tuples(query)]
-
-
-@dataclass
-class Spans:
-    """What catch-up needs of some organizations' history over a window (see :func:`spans`)."""
-
-    known_since: dict[str, datetime] = field(default_factory=dict)
-    intervals: dict[str, list[Interval]] = field(default_factory=dict)
-    runs: list[Interval] = field(default_factory=list)
-
-    def knows(self, organization_id: str, hour: datetime) -> bool:
-        """Whether the history answers for this organization at ``hour``.
-
-        It does once it has recorded the organization, at an hour a complete fan-out
-        recorded or one of the organization's intervals covers. Of an hour no run recorded
-        (the current one before its fan-out, an outage not bridged) it knows nothing.
-        """
-        since = self.known_since.get(organization_id)
-        if since is None or since > hour:
-            return False
-        return self.billable(organization_id, hour) or any(r.covers(hour) for r in self.runs)
-
-    def billable(self, organization_id: str, hour: datetime) -> bool:
-        """Whether the history has the organization billable at ``hour``."""
-        return any(i.covers(hour) for i in self.intervals.get(organization_id, ()))
-
-
-def spans(organization_ids: Sequence[str], first: datetime, last: datetime) -> Spans:
-    """The organizations' first recorded hours, and their intervals overlapping first..last."""
-    found = Spans(known_since(organization_ids))
-    if found.known_since:
-        for interval in _read(
-            BillableInterval.organization_id.in_([*sorted(found.known_since), RUNS])
-            & (BillableInterval.last_hour >= first)
-            & (BillableInterval.first_hour <= last)
-        ):
-            if interval.organization_id == RUNS:
-                found.runs.append(interval)
-            else:
-                found.intervals.setdefault(interval.organization_id, []).append(interval)
-    return found
-
-
-# Reports of past hours ---------------------------------------------------------------------
-
-
-def past_hour(report_hour: datetime | None, now: datetime | None = None) -> datetime | None:
-    """The report's hour when it is before the current UTC hour (the history answers then)."""
-    if report_hour is None:
-        return None
-    current = hour_start(now if now is not None else utcnow())
-    return report_hour if hour_start(report_hour) < current else None
-
-
-@dataclass(frozen=True)
-class BillableThen:
-    """What the history says of some organizations at a past hour (see :func:`billable_then`).
-
-    ``known`` are the organizations the history answers for at that hour (see
-    :meth:`Spans.knows`); of them, ``customers`` were billable then (with their customer of
-    then). The others are left to the usage source, as before the history existed.
-    """
-
-    hour: datetime
-    known: frozenset[str]
-    customers: dict[str, str]
-
-    def reason(self, organization_id: str) -> str:
-        """Why a known organization is not reported for the hour, for the log."""
-        return f"not billable at {format_hour(self.hour)} (billable history)"
-
-
-def billable_then(organization_ids: Sequence[str], hour: datetime) -> BillableThen:
-    """The organizations the history answers for at ``hour``, and which were billable then."""
-    hour = hour_start(hour)
-    customers = customers_at([*organization_ids, RUNS], hour)
-    if customers.pop(RUNS, None) is None:  # no run recorded the hour: only intervals tell
-        return BillableThen(hour, frozenset(customers), customers)
-    known = frozenset(o for o, first in known_since(organization_ids).items() if first <= hour)
-    return BillableThen(hour, known, customers)
-
-
-def members_then(members: Mapping[str, Iterable[str]], hour: datetime) -> dict[str, set[str]]:
-    """Each customer's organizations at a past hour, from those the usage source gives now.
-
-    An organization the history answers for at ``hour`` counts only if it was billable under
-    that customer then (even if it is not now); any other stays as the source says.
-    """
-    hour = hour_start(hour)
-    then = members_at(members, hour)
-    known: set[str] = set()
-    if customers_at([RUNS], hour):
-        candidates = sorted({o for orgs in members.values() for o in orgs})
-        known = {o for o, first in known_since(candidates).items() if first <= hour}
-    return {
-        customer: {o for o in orgs if o not in known} | set(then.get(customer, ()))
-        for customer, orgs in members.items()
-    }

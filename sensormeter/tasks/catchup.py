@@ -34,7 +34,7 @@ from rq import Queue
 from ..defaults import CATCHUP_TIMEOUT_SECONDS, ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
 from ..keys import catchup_found_key
-from ..ledger import history
+from ..ledger import history, past
 from ..logs import get_logger
 from ..models import MeterReport, tuples, utcnow
 from ..settings import Settings
@@ -86,7 +86,7 @@ def find_gaps(
     incomplete are read in detail.
 
     Which hours an organization owes: where the billable history answers for it
-    (:meth:`history.Spans.knows`), the hours of its intervals, and no other; elsewhere, the
+    (:meth:`past.Spans.knows`), the hours of its intervals, and no other; elsewhere, the
     hours since the first one sensormeter reported for it, if it is billable now
     (``billable_now``; None: all are). An organization with neither is never caught up
     (first deployment). The history is read for the incomplete organizations only.
@@ -132,7 +132,7 @@ def find_gaps(
             .group_by(org)
         )
     }
-    spans = history.spans(suspects, first, last)
+    spans = past.spans(suspects, first, last)
     gaps: dict[datetime, list[str]] = defaultdict(list)
     for o in suspects:
         floor: datetime | None = None

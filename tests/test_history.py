@@ -361,20 +361,6 @@ class TestCanceledAfterMissingHours:
         assert emulator.events() == []
 
 
-class TestFanOutRecords:
-    def test_the_current_hour_is_recorded_and_a_past_hour_is_not(self, runtime: Runtime) -> None:
-        """report-all of the current hour records who is billable; of a past hour, nothing."""
-        h = now_hour()
-        make_org("a", active=1)
-        make_org("b", active=1)
-        make_org("gone", status="canceled", active=1)
-        past = report_all_sensor_counts(hour=format_hour(h - 2 * H))
-        assert past["history_seconds"] is None and BillableInterval.select().count() == 0
-        report_all_sensor_counts()
-        assert history.customers_at(["a", "b", "gone"], h) == {"a": "cus_a", "b": "cus_b"}
-        assert history.recorded_runs(h, h) == [(h, h)]
-
-
 class TestFinalCountAtCancellation:
     def test_a_cancellation_handler_must_let_its_report_run_before_recording_it(
         self, runtime: Runtime, emulator: StripeEmulator
@@ -406,3 +392,49 @@ class TestFinalCountAtCancellation:
         assert [(e["organization_id"], e["reason"]) for e in skipped] == [
             ("late", "subscription status not billable: canceled")
         ]
+
+
+class TestFanOutRecords:
+    def test_the_current_hour_is_recorded_and_a_past_hour_is_not(self, runtime: Runtime) -> None:
+        """report-all of the current hour records who is billable; of a past hour, nothing."""
+        h = now_hour()
+        make_org("a", active=1)
+        make_org("b", active=1)
+        make_org("gone", status="canceled", active=1)
+        past = report_all_sensor_counts(hour=format_hour(h - 2 * H))
+        assert past["history_seconds"] is None and BillableInterval.select().count() == 0
+        report_all_sensor_counts()
+        assert history.customers_at(["a", "b", "gone"], h) == {"a": "cus_a", "b": "cus_b"}
+        assert history.recorded_runs(h, h) == [(h, h)]
+
+    def test_a_failure_to_record_costs_no_report(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The second chunk's recording fails: every chunk is still queued, the hour unmarked."""
+        from sensormeter.logs import capture_logs
+        from sensormeter.tasks.queue import make_queue
+
+        h = now_hour()
+        for org in ("a", "b", "c"):
+            make_org(org, active=1)
+        runtime.settings = runtime.settings.with_overrides(chunk_size=1)
+        calls: list[dict[str, str]] = []
+        record = history.record
+
+        def flaky(database: peewee.Database, customers: dict[str, str], *args, **kw):  # type: ignore[no-untyped-def]
+            calls.append(dict(customers))
+            if len(calls) == 2:
+                raise peewee.OperationalError("disk I/O error")
+            return record(database, customers, *args, **kw)
+
+        monkeypatch.setattr(history, "record", flaky)
+        with capture_logs() as logs:
+            result = report_all_sensor_counts()
+        assert result["chunks"] == 3 and len(calls) == 2  # no more recording after the failure
+        hourly = [j for j in make_queue(runtime.settings, runtime.redis).get_jobs()]
+        assert len([j for j in hourly if j.id.startswith("hourly-")]) == 3
+        assert [e["event"] for e in logs if e["event"] == "history.record_failed"] == [
+            "history.record_failed"
+        ]
+        assert history.customers_at(["a", "b", "c"], h) == {"a": "cus_a"}
+        assert history.recorded_runs(h, h) == []

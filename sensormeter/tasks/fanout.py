@@ -41,7 +41,8 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
     label = hour if hour is not None else format_hour(hour_start(now))
     # Only the current hour is recorded in the billable history: who is billable now says
     # nothing of who was at a past hour, so a past hour's report-all must not rewrite it.
-    recording = check_reportable_hour(label, now) == hour_start(now)  # before queueing
+    current = check_reportable_hour(label, now) == hour_start(now)  # before queueing
+    recording = current
     queue = make_queue(settings, runtime.redis)
     organizations = chunks = 0
     stamp = label.replace(":", "")
@@ -56,7 +57,7 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
             break
         if recording:
             reading = time.perf_counter()
-            _record(runtime, chunk, label)
+            recording = _record(runtime, chunk, label)
             history_seconds += time.perf_counter() - reading
         batch.append(
             Queue.prepare_data(
@@ -77,7 +78,10 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
     if recording:
         # Every chunk is recorded: the hour counts as one the fleet was recorded at (an
         # organization missing from it was not billable then; see ledger/history.py).
-        history.mark_run(runtime.database, parse_hour(label))
+        try:
+            history.mark_run(runtime.database, parse_hour(label))
+        except Exception:  # noqa: BLE001 (the chunk jobs are queued: a retry would double them)
+            log.exception("history.record_failed", hour=label, organizations=0)
     db_seconds = round(db_seconds, 4)
     history_seconds = round(history_seconds, 4)
     catchup_job = None
@@ -90,7 +94,7 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
         organizations=organizations,
         chunks=chunks,
         db_seconds=db_seconds,
-        history_seconds=history_seconds if recording else None,
+        history_seconds=history_seconds if current else None,
         catchup_job=catchup_job,
     )
     return {
@@ -98,19 +102,29 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
         "organizations": organizations,
         "chunks": chunks,
         "db_seconds": db_seconds,
-        "history_seconds": history_seconds if recording else None,
+        "history_seconds": history_seconds if current else None,
     }
 
 
-def _record(runtime: Runtime, chunk: list[str], label: str) -> None:
-    """Record the chunk's billable organizations and their customers at the hour."""
-    customers = runtime.source.billable_customers(chunk)
-    history.record(
-        runtime.database,
-        customers,
-        parse_hour(label),
-        bridge_hours=runtime.settings.catchup_hours,
-    )
+def _record(runtime: Runtime, chunk: list[str], label: str) -> bool:
+    """Record the chunk's billable organizations and their customers at the hour.
+
+    Returns False when that failed: the reports matter more than their history, so the
+    fan-out goes on queueing them, records no more chunks and does not mark the hour
+    (the next complete run bridges it; see ledger/history.py).
+    """
+    try:
+        customers = runtime.source.billable_customers(chunk)
+        history.record(
+            runtime.database,
+            customers,
+            parse_hour(label),
+            bridge_hours=runtime.settings.catchup_hours,
+        )
+    except Exception:  # noqa: BLE001 (logged with its traceback; the hour stays unmarked)
+        log.exception("history.record_failed", hour=label, organizations=len(chunk))
+        return False
+    return True
 
 
 def enqueue_fanout(settings: Settings, connection: redis.Redis, hour: str | None = None) -> str:

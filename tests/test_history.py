@@ -361,6 +361,33 @@ class TestCanceledAfterMissingHours:
         assert emulator.events() == []
 
 
+class TestOutage:
+    def test_hours_no_run_recorded_follow_who_is_billable_now(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """Scheduler down h-3..h-1: billable now is caught up; canceled meanwhile is not."""
+        h = now_hour()
+        for org in ("stays", "gone"):
+            make_org(org)
+            add_sensor(org, h - 10 * H)
+        reporter = runtime.reporter()
+        for k in (5, 4):
+            run_at(runtime.database, {"stays": "cus_stays", "gone": "cus_gone"}, h - k * H)
+            reporter.run(runtime.database, ["stays", "gone"], Report.hourly(h - k * H))
+        set_status("gone", "canceled")  # at some hour of the outage: nobody recorded which
+        catch_up()
+        work(runtime)
+        sent = sorted((e.customer, e.identifier) for e in emulator.events())
+        assert sent == sorted(
+            [
+                ("cus_stays", ledger.hourly_identifier("stays", EVENT, h - k * H))
+                for k in range(1, 6)
+            ]
+            + [("cus_gone", ledger.hourly_identifier("gone", EVENT, h - k * H)) for k in (4, 5)]
+        )
+        assert {e.value for e in emulator.events()} == {1}
+
+
 class TestFinalCountAtCancellation:
     def test_a_cancellation_handler_must_let_its_report_run_before_recording_it(
         self, runtime: Runtime, emulator: StripeEmulator

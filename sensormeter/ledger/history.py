@@ -28,7 +28,7 @@ HOUR = timedelta(hours=1)
 # The hours a complete fan-out recorded, kept as intervals of this pseudo-organization: no
 # organization id can take this form (organization_id_problem refuses the leading '*').
 RUNS = "*hourly-runs"
-_BATCH = 500  # ids per UPDATE and rows per INSERT (SQLite takes 999 parameters at most)
+_BATCH = 500  # ids per UPDATE (an old SQLite takes 999 parameters at most)
 _COLUMNS = (
     BillableInterval.id,
     BillableInterval.organization_id,
@@ -118,7 +118,8 @@ def record(
     An organization whose latest interval has the same customer and ends the hour before (or
     ends at most ``bridge_hours`` earlier, over hours no run recorded) gets ``hour`` added;
     one already covering ``hour`` is left alone (a run repeated in the hour changes nothing);
-    any other starts a new interval. Three statements whatever the chunk's size.
+    any other starts a new interval. One read, one UPDATE per 500 extended intervals and one
+    INSERT, whatever the chunk's size.
 
     Args:
         database: the open database.

@@ -448,18 +448,20 @@ class TestFanOutRecords:
         calls: list[dict[str, str]] = []
         record = history.record
 
-        def flaky(database: peewee.Database, customers: dict[str, str], *args, **kw):  # type: ignore[no-untyped-def]
+        def flaky(
+            database: peewee.Database, customers: dict[str, str], hour: datetime, **kw: int
+        ) -> history.Recorded:
             calls.append(dict(customers))
             if len(calls) == 2:
                 raise peewee.OperationalError("disk I/O error")
-            return record(database, customers, *args, **kw)
+            return record(database, customers, hour, **kw)
 
         monkeypatch.setattr(history, "record", flaky)
         with capture_logs() as logs:
             result = report_all_sensor_counts()
         assert result["chunks"] == 3 and len(calls) == 2  # no more recording after the failure
-        hourly = [j for j in make_queue(runtime.settings, runtime.redis).get_jobs()]
-        assert len([j for j in hourly if j.id.startswith("hourly-")]) == 3
+        jobs = make_queue(runtime.settings, runtime.redis).get_jobs()
+        assert len([j for j in jobs if j.id.startswith("hourly-")]) == 3
         assert [e["event"] for e in logs if e["event"] == "history.record_failed"] == [
             "history.record_failed"
         ]

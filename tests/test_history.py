@@ -430,7 +430,7 @@ class TestFanOutRecords:
         make_org("gone", status="canceled", active=1)
         past = report_all_sensor_counts(hour=format_hour(h - 2 * H))
         assert past["history_seconds"] is None and BillableInterval.select().count() == 0
-        report_all_sensor_counts()
+        report_all_sensor_counts(hour=format_hour(h))  # report-all --hour of the current hour
         assert history.customers_at(["a", "b", "gone"], h) == {"a": "cus_a", "b": "cus_b"}
         assert history.recorded_runs(h, h) == [(h, h)]
 

@@ -16,6 +16,7 @@ import redis
 
 from .errors import ConfigurationError, ServiceUnavailable
 from .gate import Gate
+from .guard import Guard
 from .meters import make_meter_client
 from .meters.base import MeterClient
 from .migrations import check_schema
@@ -81,12 +82,17 @@ class Runtime:
         if not create_database:
             check_schema(database)
         connection = make_redis(settings.redis_url)
+        # Asked in this order: the quarantine (when added) goes first, then the guard.
+        gates: list[Gate] = []
+        if settings.guard:
+            gates.append(Guard.from_settings(settings))
         return cls(
             settings=settings,
             database=database,
             redis=connection,
             source=load_usage_source(settings, database),
             meter=meter if meter is not None else make_meter_client(settings, connection),
+            gates=gates,
         )
 
     def reporter(self) -> Reporter:

@@ -176,12 +176,20 @@ class TestStatus:
         lines = text.stdout.splitlines()
         counts = ", ".join(f"{k} {v}" for k, v in facts["ledger"].items())
         assert f"ledger: {counts}" in lines
-        assert facts["ledger"] == {"pending": 0, "sent": 1, "failed": 1, "rejected": 0}
+        assert facts["ledger"] == {
+            "pending": 0,
+            "sent": 1,
+            "failed": 1,
+            "rejected": 0,
+            "held": 0,
+            "quarantined": 0,
+            "superseded": 0,
+        }
         assert facts["last_sent"]["organization_id"] == "acme"
         assert facts["queue"] == {"name": TEST_QUEUE, "queued": 0, "waiting_for_retry": 0}
         hourly = datetime.fromisoformat(facts["schedule"]["hourly"])
         assert f"next hourly run: {hourly}" in lines
-        assert set(facts["schedule"]) == {"hourly", "sweep", "period_close"}
+        assert set(facts["schedule"]) == {"hourly", "sweep", "period_close", "held_recount"}
         assert all(facts["schedule"].values())
         [problem] = facts["problem_reports"]
         assert f"  failed: acme {problem['identifier']}: None" in lines
@@ -189,6 +197,7 @@ class TestStatus:
         assert "problems: failed_reports (see 'sensormeter check')" in lines
         assert facts["late_closes"] == {"grace_hours": 1, "count": 0, "closes": []}
         assert facts["stale_pending"]["count"] == 0
+        assert facts["held"] == {"count": 0, "period_close": 0}
 
     def test_status_exits_0_when_check_would(
         self, settings: Settings, database: peewee.Database, redis_conn: redis.Redis

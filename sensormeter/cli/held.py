@@ -98,7 +98,7 @@ def held(ctx: click.Context, as_json: bool) -> None:
         if item["invoice_finalized_at"]:
             line += f"; Stripe finalizes the invoice at {_when(item['invoice_finalized_at'])}"
         if item["recount_after"]:
-            line += f"; recounted after {_when(item['recount_after'])}"
+            line += f"; the recount sends it after {_when(item['recount_after'])}"
         if item["event_identifier"]:
             line += f"; goes out with the other organizations of {item['customer']}"
         click.echo(line)

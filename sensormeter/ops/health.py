@@ -13,9 +13,11 @@ import peewee
 import redis
 
 from ..errors import ServiceUnavailable
+from ..guard import held_rows
 from ..models import MeterReport, open_database, utcnow
 from ..runtime import check_redis, make_redis
 from ..settings import Settings
+from ..tasks.held import period_end
 from ..tasks.recovery import stale_after
 from ..usage import UsageSource, load_usage_source
 from .readings import (
@@ -39,7 +41,7 @@ class Problem:
     """One thing that needs a person: a stable ``code`` and a one-line ``detail``."""
 
     code: str  # not_registered, failed_reports, abandoned_pending, no_recent_hourly_report,
-    # redis_unreachable, database_unreachable
+    # held_period_close, redis_unreachable, database_unreachable
     detail: str
 
     def line(self) -> str:
@@ -93,6 +95,7 @@ def find_problems(
                 "retry-failed --include-stale-pending')",
             )
         )
+    problems.extend(held_closes(settings, database))
     newest = newest_hourly_delivery(database, settings.meter_event_name, now - HOURLY_LIMIT)
     # Only asked when nothing was delivered: one indexed row from the usage source.
     if newest is None and source.billable_organization_ids(None, 1):
@@ -102,6 +105,34 @@ def find_problems(
                 f"no hourly report delivered in the last {HOURLY_LIMIT.total_seconds() / 60:.0f}"
                 " minutes while billable organizations exist: are the worker and scheduler "
                 "running?",
+            )
+        )
+    return problems
+
+
+def held_closes(settings: Settings, database: peewee.Database) -> list[Problem]:
+    """One problem per closing report the anomaly guard holds: the invoice waits for a decision.
+
+    Stripe finalizes the invoice ``SENSORMETER_INVOICE_GRACE_HOURS`` after the period's end
+    with the last value it has; until someone (or the recount) sends the held one, that is
+    the previous report's value.
+    """
+    if count_status(database, MeterReport.HELD) == 0:
+        return []  # the usual answer, from the status index alone
+    problems = []
+    for row in held_rows():
+        end = period_end(row)
+        if end is None:
+            continue
+        final = end + timedelta(hours=settings.invoice_grace_hours)
+        problems.append(
+            Problem(
+                "held_period_close",
+                f"{row.organization_id}'s closing report of the period ending "
+                f"{end:%Y-%m-%d %H:%M} UTC is held by the anomaly guard: {row.value} sensors, "
+                f"{row.explanation}; Stripe finalizes the invoice at {final:%Y-%m-%d %H:%M} UTC "
+                f"with the previous value: see 'sensormeter held', then 'sensormeter held "
+                f"release {row.id}' or let the recount send it",
             )
         )
     return problems

@@ -49,6 +49,8 @@ NUMBER_VARIABLES = [
 NOT_ASCII_DIGITS = ["1_0", "\u0661\u0660", "\uff11\uff10", "\u0967\u0966"]
 
 
+
+
 class TestMalformedUrls:
     @pytest.mark.parametrize("variable", URL_VARIABLES)
     @pytest.mark.parametrize("netloc", ["u:hunter2@[::1", "u:hunter2@[::1]:port", "h:99999"])
@@ -330,3 +332,4 @@ class TestNeverCreateTheDatabase:
         assert path.exists()
         done = sensormeter(env, "failed")
         assert done.returncode == 0 and done.stdout.startswith("0 failed report(s)")
+

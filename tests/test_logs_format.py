@@ -73,7 +73,9 @@ class TestChoosingTheFormat:
         )
         assert line["timestamp"].endswith("Z")
 
-    def test_console_is_asked_for_off_a_terminal_without_colour(self, output: io.StringIO) -> None:
+    def test_console_is_asked_for_off_a_terminal_without_colour(
+        self, output: io.StringIO
+    ) -> None:
         """Asked for off a terminal, the console format has no colour codes and no JSON."""
         configure_logging("INFO", stream=output, log_format="console")
         get_logger("sensormeter.reporter").warning("job.retrying", error="APIError: down")
@@ -117,7 +119,7 @@ class TestRecordsOfRQ:
         """The traceback RQ puts in its message goes to ``exception``; the event is one line."""
         configure_logging("INFO", stream=output, log_format="json")
         traceback = (
-            'Traceback (most recent call last):\n  File "x.py", line 1\n'
+            "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
             "RuntimeError: cannot reach redis://:hunter2@cache:6379/0 with sk_live_abc123\n"
         )
         logging.getLogger("rq.worker").error(

@@ -134,7 +134,9 @@ HOST = textwrap.dedent(
 
 def test_importing_sensormeter_configures_nothing_and_prints_nothing() -> None:
     """In a fresh host process, importing and logging configure nothing and print nothing."""
-    done = subprocess.run([sys.executable, "-c", HOST], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", HOST], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert done.stderr == "sensormeter.reporter|report organization_id=acme value=3\n"

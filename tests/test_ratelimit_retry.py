@@ -46,7 +46,8 @@ def test_queued_jobs_carry_their_own_waits(redis_conn: redis.Redis) -> None:
         redis_url=REDIS_URL, queue_name=TEST_QUEUE, max_retries=5, retry_backoff_seconds=10
     )
     ids = [
-        enqueue_sensor_report(f"org{i}", settings=settings, connection=redis_conn) for i in range(8)
+        enqueue_sensor_report(f"org{i}", settings=settings, connection=redis_conn)
+        for i in range(8)
     ]
     queue = make_queue(settings, redis_conn)
     waits = {tuple(queue.fetch_job(job_id).retry_intervals) for job_id in ids}

@@ -230,6 +230,8 @@ class TestInitDb:
             "sensors",
             "meter_reports",
             "sensormeter_schema_version",
+            "sensormeter_billable_history",
+            "sensormeter_quarantine",
         }
         assert all(table in first.stdout for table in tables)
         assert set(peewee.SqliteDatabase(str(path)).get_tables()) == tables
@@ -268,7 +270,15 @@ class TestStatus:
         lines = done.stdout.splitlines()
         [ledger] = [line for line in lines if line.startswith("ledger: ")]
         counts = dict(item.split(" ") for item in ledger.removeprefix("ledger: ").split(", "))
-        assert counts == {"pending": "0", "sent": "2", "failed": "1", "rejected": "1"}
+        assert counts == {
+            "pending": "0",
+            "sent": "2",
+            "failed": "1",
+            "rejected": "1",
+            "held": "0",
+            "quarantined": "0",
+            "superseded": "0",
+        }
         assert f"queue {TEST_QUEUE}: 1 queued, 0 waiting for retry" in lines
         assert any(line.startswith("next hourly run: not scheduled") for line in lines)
         problems = [line.strip() for line in lines if line.startswith("  ")]

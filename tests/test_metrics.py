@@ -150,6 +150,9 @@ class TestCollector:
             "pending": 2,
             "failed": 1,
             "rejected": 1,
+            "held": 0,
+            "quarantined": 0,
+            "superseded": 0,
         }
         newest = max(r.measured_at for r in in_window if r.status == "sent" and r.kind == "hourly")
         assert got[("sensormeter_last_hourly_report_timestamp_seconds", ())] == pytest.approx(

@@ -28,6 +28,7 @@ from sensormeter.ops.readings import window_counts
 from sensormeter.report import Report
 from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
+from sensormeter.tasks.catchup import find_gaps
 from sensormeter.tasks.held import recount_held_reports
 from sensormeter.tasks.schedule import make_scheduler, register_all
 
@@ -419,6 +420,32 @@ class TestRecount:
             "b": ("sent", 5, 20),
         }
 
+    def test_many_held_rows_are_recounted_a_chunk_at_a_time(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """A fleet-wide glitch: with one organization a chunk, one run still sends them all."""
+        orgs = ["a", "b", "c"]
+        for org in orgs:
+            with_history(runtime, org, [40])
+            set_active(org, 0)
+        runtime.reporter().run(runtime.database, orgs, Report.hourly(HOUR))
+        held = list(MeterReport.select().where(MeterReport.status == MeterReport.HELD))
+        assert len(held) == 3
+        for row in held:
+            set_active(row.organization_id, 38)
+            wait_out(row)
+        set_runtime(None)
+        small = Runtime.build(runtime.settings.with_overrides(chunk_size=1))
+        set_runtime(small)
+        try:
+            summary = recount_held_reports()
+        finally:
+            set_runtime(runtime)
+            small.close()
+        assert summary["outcomes"] == {"sent": 3}
+        for org in orgs:
+            assert_billed_once(emulator, org, HOUR, 38)
+
     def test_recount_off_leaves_held_rows_for_a_person(self, runtime: Runtime) -> None:
         """SENSORMETER_GUARD_RECOUNT_MINUTES=0: the job sends nothing."""
         with_history(runtime, "org-7", [15])
@@ -434,6 +461,19 @@ class TestRecount:
             set_runtime(runtime)
             off.close()
         assert MeterReport.get_by_id(row.id).status == MeterReport.HELD
+
+    def test_catch_up_leaves_a_held_hour_to_the_recount(self, runtime: Runtime) -> None:
+        """A held (or superseded) hour is no gap: catch-up could not send it anyway."""
+        past = hour_start(utcnow()) - timedelta(hours=2)
+        deliver_before(runtime, "org-7", 15, past - timedelta(minutes=30))
+        report_hour(runtime, "org-7", past)  # 15 sensors: sent
+        Sensor.update(created_at=past + timedelta(hours=3)).execute()
+        held = report_hour(runtime, "org-7", past + timedelta(hours=1))
+        assert held.status == MeterReport.HELD
+        hours = [past, past + timedelta(hours=1)]
+        assert find_gaps(EVENT, ["org-7"], hours) == {}
+        MeterReport.update(status=MeterReport.SUPERSEDED).where(MeterReport.id == held.id).execute()
+        assert find_gaps(EVENT, ["org-7"], hours) == {}
 
 
 class TestRelease:
@@ -473,6 +513,8 @@ class TestRelease:
             with_history(runtime, org, [30])
             set_active(org, 0)
             assert report_hour(runtime, org, HOUR).status == MeterReport.HELD
+        listed = sensormeter(cli_env(runtime.settings), "held", "--limit", "1")
+        assert listed.stdout.startswith("2 held report(s), the oldest 1 listed\n"), listed.stdout
         done = sensormeter(cli_env(runtime.settings), "held", "release", "--all")
         assert done.returncode == 0, done.stdout + done.stderr
         for org in ("a", "b"):

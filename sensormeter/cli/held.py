@@ -73,26 +73,35 @@ def _when(moment: str | None) -> str:
 
 @click.group("held", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=WholeNumber(1, 100_000),
+    help="List at most this many (oldest reading first).",
+)
 @click.pass_context
 @friendly_errors
-def held(ctx: click.Context, as_json: bool) -> None:
+def held(ctx: click.Context, as_json: bool, limit: int) -> None:
     """List the reports the anomaly guard held back, with why (ID is the ledger row's id).
 
     'sensormeter held release ID | --org ORG | --all' sends them as they are.
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..guard import held_rows
+    from ..guard import count_held, held_rows
     from ..models import open_database
 
     settings = load_settings()
     database = open_database(settings.database_url, create=False)
     with database.connection_context():
-        facts = [_facts(row, settings) for row in held_rows()]
+        facts = [_facts(row, settings) for row in held_rows(limit=limit)]
+        total = sum(count_held().values()) if len(facts) == limit else len(facts)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    click.echo(f"{len(facts)} held report(s)")
+    more = f", the oldest {len(facts)} listed" if total > len(facts) else ""
+    click.echo(f"{total} held report(s){more}")
     for item in facts:
         line = f"  #{item['id']} {item['text']}"
         if item["invoice_finalized_at"]:

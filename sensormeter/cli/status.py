@@ -230,13 +230,13 @@ def _late_closes(settings: Settings, limit: int) -> dict[str, Any]:
 
 def _held() -> dict[str, int]:
     """How many reports the anomaly guard holds, and how many of them close a period."""
-    from ..guard import held_rows
+    from ..guard import count_held
     from ..models import MeterReport
 
-    rows = held_rows()
+    by_kind = count_held()
     return {
-        "count": len(rows),
-        "period_close": sum(1 for row in rows if row.kind == MeterReport.PERIOD_CLOSE),
+        "count": sum(by_kind.values()),
+        "period_close": by_kind.get(MeterReport.PERIOD_CLOSE, 0),
     }
 
 

@@ -13,6 +13,7 @@ from .gate import GATE, Guard, recent_deliveries
 from .held import (
     HeldRow,
     by_event,
+    count_held,
     held_rows,
     newest_deliveries,
     release,
@@ -32,6 +33,7 @@ __all__ = [
     "Thresholds",
     "Trip",
     "by_event",
+    "count_held",
     "held_rows",
     "judge",
     "newest_deliveries",

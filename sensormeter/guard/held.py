@@ -98,8 +98,14 @@ def held_rows(
     organization_id: str | None = None,
     event_keys: Sequence[str] | None = None,
     held_before: datetime | None = None,
+    kind: str | None = None,
+    limit: int | None = None,
 ) -> list[HeldRow]:
-    """Held rows, oldest reading first; narrowed to ids, one organization, events or age."""
+    """Held rows, oldest reading first; narrowed to ids, one organization, events, age, kind.
+
+    Found through the ``status`` index: held rows are few, unless a fleet-wide glitch held
+    every report of an hour, which is why callers that list them pass a ``limit``.
+    """
     condition = MeterReport.status == MeterReport.HELD
     if ids is not None:
         condition &= MeterReport.id.in_(list(ids))
@@ -110,12 +116,26 @@ def held_rows(
         condition &= MeterReport.identifier.in_(keys) | MeterReport.event_identifier.in_(keys)
     if held_before is not None:
         condition &= MeterReport.updated_at <= held_before
+    if kind is not None:
+        condition &= MeterReport.kind == kind
     query = (
         MeterReport.select(*_COLUMNS)
         .where(condition)
         .order_by(MeterReport.measured_at, MeterReport.id)
     )
+    if limit is not None:
+        query = query.limit(limit)
     return [_held(row) for row in tuples(query)]
+
+
+def count_held() -> dict[str, int]:
+    """How many rows are held, by kind of report (hourly, on_demand, period_close)."""
+    query = (
+        MeterReport.select(MeterReport.kind, peewee.fn.COUNT(MeterReport.id))
+        .where(MeterReport.status == MeterReport.HELD)
+        .group_by(MeterReport.kind)
+    )
+    return {str(kind): int(n) for kind, n in tuples(query)}
 
 
 def by_event(rows: Iterable[HeldRow]) -> dict[str, list[HeldRow]]:

@@ -33,6 +33,8 @@ CHECK_FAILED = "sensormeter.check.failed"
 # The hourly fan-out runs at minute 0; 5 minutes of slack for it to send its first reports.
 HOURLY_LIMIT = timedelta(minutes=65)
 
+# At most this many held_period_close lines (one per held closing report, oldest first).
+HELD_CLOSE_LINES = 20
 OK, PROBLEMS, UNREACHABLE = 0, 1, 2  # the exit statuses of check (and of status)
 
 
@@ -120,7 +122,7 @@ def held_closes(settings: Settings, database: peewee.Database) -> list[Problem]:
     if count_status(database, MeterReport.HELD) == 0:
         return []  # the usual answer, from the status index alone
     problems = []
-    for row in held_rows():
+    for row in held_rows(kind=MeterReport.PERIOD_CLOSE, limit=HELD_CLOSE_LINES):
         end = period_end(row)
         if end is None:
             continue

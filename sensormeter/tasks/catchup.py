@@ -42,7 +42,9 @@ from .report import process_meter_report
 
 log = get_logger(__name__)
 
-DONE = (MeterReport.SENT, MeterReport.REJECTED)
+# Held and superseded rows cover their hour too: catch-up could not send them (only a recount
+# or a release does), and counting them as missing would report the hour unreported forever.
+DONE = (MeterReport.SENT, MeterReport.REJECTED, MeterReport.HELD, MeterReport.SUPERSEDED)
 
 
 def hours_between(first: datetime, last: datetime) -> list[datetime]:

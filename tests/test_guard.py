@@ -16,6 +16,8 @@ import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
 from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
@@ -30,6 +32,7 @@ from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
 from sensormeter.tasks.catchup import find_gaps
 from sensormeter.tasks.held import recount_held_reports
+from sensormeter.tasks.queue import JSONJob, make_queue
 from sensormeter.tasks.schedule import make_scheduler, register_all
 
 from .conftest import TEST_QUEUE, cli_env
@@ -519,6 +522,49 @@ class TestRelease:
         assert done.returncode == 0, done.stdout + done.stderr
         for org in ("a", "b"):
             assert_billed_once(emulator, org, HOUR, 0)
+
+
+def work(runtime: Runtime) -> None:
+    """Run the reporting queue's jobs in this process until it is empty (a burst worker)."""
+    queue = make_queue(runtime.settings, runtime.redis)
+    SimpleWorker(
+        [queue], connection=runtime.redis, serializer=JSONSerializer, job_class=JSONJob
+    ).work(burst=True)
+
+
+class TestThroughRQ:
+    def test_the_scheduled_recount_runs_as_an_rq_job(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """The job the scheduler registers, stored as JSON and run by a worker, sends the row."""
+        with_history(runtime, "org-7", [15, 15, 14])
+        set_active("org-7", 0)
+        row = report_hour(runtime, "org-7", HOUR)
+        wait_out(row)
+        queue = make_queue(runtime.settings, runtime.redis)
+        job = queue.enqueue("sensormeter.tasks.held.recount_held_reports")
+        work(runtime)
+        assert JSONJob.fetch(job.id, connection=runtime.redis).get_status() == "finished"
+        assert_billed_once(emulator, "org-7", HOUR, 0)
+
+    def test_a_release_stripe_does_not_take_at_once_is_retried_by_a_job(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """Stripe fails during the release: the row stays pending, a resend job sends it."""
+        with_history(runtime, "org-7", [15])
+        set_active("org-7", 0)
+        row = report_hour(runtime, "org-7", HOUR)
+        emulator.inject(500, times=50)
+        done = sensormeter(cli_env(runtime.settings), "held", "release", str(row.id))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "queued to be sent again with retries" in done.stdout
+        fresh = MeterReport.get_by_id(row.id)
+        assert (fresh.status, fresh.attempts) == (MeterReport.PENDING, 1)
+        assert make_queue(runtime.settings, runtime.redis).count == 1
+        emulator.reset()  # Stripe is back
+        work(runtime)
+        assert_billed_once(emulator, "org-7", HOUR, 0)
+        assert MeterReport.get_by_id(row.id).attempts == 2
 
 
 class TestCheck:

@@ -1,7 +1,8 @@
-"""The anomaly guard: implausible readings are held with their evidence, then recounted or released.
+"""The anomaly guard: implausible readings are held with their evidence, then recounted.
 
-End to end on SQLite and PostgreSQL, real Redis, stripe-python over HTTP to the emulator: what
-Stripe received is read back from the emulator, and each test ends on the billing invariants.
+The rules and settings on their own (fast); then end to end on SQLite and PostgreSQL, real
+Redis, stripe-python over HTTP to the emulator: what Stripe received is read back from the
+emulator, and each test ends on the billing invariants. The commands are in test_held_cli.py.
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import peewee
 import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 
 from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
@@ -32,14 +31,22 @@ from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
 from sensormeter.tasks.catchup import find_gaps
 from sensormeter.tasks.held import recount_held_reports
-from sensormeter.tasks.queue import JSONJob, make_queue
-from sensormeter.tasks.schedule import make_scheduler, register_all
 
-from .conftest import TEST_QUEUE, cli_env
+from .conftest import cli_env
 from .factories import make_org
+from .guard_scenarios import (
+    EVENT,
+    assert_billed_once,
+    deliver_before,
+    evidence,
+    report_hour,
+    set_active,
+    stripe_values,
+    wait_out,
+    with_history,
+)
 from .test_cli import sensormeter
 
-EVENT = "active_sensors"
 HOUR = format_hour(hour_start(utcnow()))
 
 
@@ -47,84 +54,6 @@ HOUR = format_hour(hour_start(utcnow()))
 def current_hour(monkeypatch: pytest.MonkeyPatch) -> None:
     """HOUR is the hour each test runs in, so a suite that crosses the top of an hour passes."""
     monkeypatch.setattr(sys.modules[__name__], "HOUR", format_hour(hour_start(utcnow())))
-
-
-def set_active(org: str, count: int) -> None:
-    """Make exactly ``count`` of the organization's sensors active (creating some if needed)."""
-    Sensor.delete().where(Sensor.organization == org).execute()
-    for _ in range(count):
-        Sensor.create(organization=org, created_at=utcnow() - timedelta(days=2))
-
-
-def deliver(runtime: Runtime, org: str, count: int) -> MeterReport:
-    """An on-demand report of ``count`` sensors, sent through the real pipeline."""
-    set_active(org, count)
-    runtime.reporter().run(runtime.database, [org], Report.on_demand(uuid.uuid4().hex))
-    row = (
-        MeterReport.select()
-        .where(MeterReport.organization_id == org)
-        .order_by(MeterReport.id.desc())
-        .get()
-    )
-    assert row.status == MeterReport.SENT, (row.status, row.evidence)
-    return row
-
-
-def deliver_before(runtime: Runtime, org: str, count: int, stamp: datetime) -> MeterReport:
-    """A new organization with one delivered report of ``count``, stamped ``stamp``."""
-    make_org(org)
-    row = deliver(runtime, org, count)
-    MeterReport.update(measured_at=stamp).where(MeterReport.id == row.id).execute()
-    return MeterReport.get_by_id(row.id)
-
-
-def with_history(runtime: Runtime, org: str, values: list[int]) -> None:
-    """The organization exists and had ``values`` delivered, oldest first."""
-    make_org(org)
-    for value in values:
-        deliver(runtime, org, value)
-
-
-def report_hour(runtime: Runtime, org: str, hour: str | datetime) -> MeterReport:
-    """Run the hourly report of ``hour`` for one organization; its ledger row."""
-    runtime.reporter().run(runtime.database, [org], Report.hourly(hour))
-    start = parse_hour(hour) if isinstance(hour, str) else hour
-    return MeterReport.get(MeterReport.identifier == ledger.hourly_identifier(org, EVENT, start))
-
-
-def stripe_values(emulator: StripeEmulator, identifier: str) -> list[int]:
-    """The values Stripe received under ``identifier`` (the emulator keeps an identifier once)."""
-    return [event.value for event in emulator.events() if event.identifier == identifier]
-
-
-def assert_billed_once(emulator: StripeEmulator, org: str, hour: str, value: int) -> None:
-    """The invariant for one organization-hour: one event, that count, stamped inside the hour;
-    its ledger row sent; nothing of the fleet left pending or held."""
-    start = parse_hour(hour).replace(tzinfo=UTC)
-    identifier = ledger.hourly_identifier(org, EVENT, parse_hour(hour))
-    [event] = [e for e in emulator.events() if e.identifier == identifier]
-    assert (event.customer, event.value) == (f"cus_{org}", value)
-    assert start <= datetime.fromtimestamp(event.timestamp, UTC) < start + timedelta(hours=1)
-    row = MeterReport.get(MeterReport.identifier == identifier)
-    assert (row.status, row.value) == (MeterReport.SENT, value)
-    left = MeterReport.select().where(
-        MeterReport.status.in_([MeterReport.PENDING, MeterReport.HELD, MeterReport.FAILED])
-    )
-    assert list(left) == []
-
-
-def evidence(row: MeterReport) -> dict[str, object]:
-    fresh = MeterReport.get_by_id(row.id)
-    facts = json.loads(fresh.evidence)
-    assert isinstance(facts, dict)
-    return facts
-
-
-def wait_out(row: MeterReport, minutes: int = 11) -> None:
-    """Pretend the recount wait is over: the row was held ``minutes`` ago."""
-    MeterReport.update(updated_at=utcnow() - timedelta(minutes=minutes)).where(
-        MeterReport.id == row.id
-    ).execute()
 
 
 DEFAULTS = Thresholds()
@@ -477,119 +406,3 @@ class TestRecount:
         assert find_gaps(EVENT, ["org-7"], hours) == {}
         MeterReport.update(status=MeterReport.SUPERSEDED).where(MeterReport.id == held.id).execute()
         assert find_gaps(EVENT, ["org-7"], hours) == {}
-
-
-class TestRelease:
-    def test_release_never_sends_a_value_older_than_a_delivered_one(
-        self, runtime: Runtime, emulator: StripeEmulator
-    ) -> None:
-        """A held past hour overtaken by a newer delivery: marked superseded, said so, exit 0."""
-        past = hour_start(utcnow()) - timedelta(hours=1)
-        with_history(runtime, "org-7", [15])
-        Sensor.update(created_at=past + timedelta(hours=2)).where(
-            Sensor.organization == "org-7"
-        ).execute()
-        row = report_hour(runtime, "org-7", past)
-        assert row.status == MeterReport.HELD
-        done = sensormeter(cli_env(runtime.settings), "held", "release", "--org", "org-7")
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "superseded" in done.stdout and "cus_org-7" in done.stdout
-        assert MeterReport.get_by_id(row.id).status == MeterReport.SUPERSEDED
-        assert stripe_values(emulator, row.identifier) == []
-        assert "superseded" in evidence(row)
-
-    def test_release_arguments_and_nothing_to_release(self, runtime: Runtime) -> None:
-        """Exactly one of ID, --org, --all; an id that is not held is exit 1, named."""
-        env = cli_env(runtime.settings)
-        both = sensormeter(env, "held", "release", "3", "--all")
-        assert both.returncode == 2 and "exactly one of" in both.stderr
-        missing = sensormeter(env, "held", "release", "999")
-        assert missing.returncode == 1 and "#999 is not held" in missing.stderr
-        nothing = sensormeter(env, "held", "release", "--all")
-        assert nothing.returncode == 0 and "no held report" in nothing.stdout
-
-    def test_release_all_sends_every_held_report(
-        self, runtime: Runtime, emulator: StripeEmulator
-    ) -> None:
-        """--all: both held reports go out as they are, each once."""
-        for org in ("a", "b"):
-            with_history(runtime, org, [30])
-            set_active(org, 0)
-            assert report_hour(runtime, org, HOUR).status == MeterReport.HELD
-        listed = sensormeter(cli_env(runtime.settings), "held", "--limit", "1")
-        assert listed.stdout.startswith("2 held report(s), the oldest 1 listed\n"), listed.stdout
-        done = sensormeter(cli_env(runtime.settings), "held", "release", "--all")
-        assert done.returncode == 0, done.stdout + done.stderr
-        for org in ("a", "b"):
-            assert_billed_once(emulator, org, HOUR, 0)
-
-
-def work(runtime: Runtime) -> None:
-    """Run the reporting queue's jobs in this process until it is empty (a burst worker)."""
-    queue = make_queue(runtime.settings, runtime.redis)
-    SimpleWorker(
-        [queue], connection=runtime.redis, serializer=JSONSerializer, job_class=JSONJob
-    ).work(burst=True)
-
-
-class TestThroughRQ:
-    def test_the_scheduled_recount_runs_as_an_rq_job(
-        self, runtime: Runtime, emulator: StripeEmulator
-    ) -> None:
-        """The job the scheduler registers, stored as JSON and run by a worker, sends the row."""
-        with_history(runtime, "org-7", [15, 15, 14])
-        set_active("org-7", 0)
-        row = report_hour(runtime, "org-7", HOUR)
-        wait_out(row)
-        queue = make_queue(runtime.settings, runtime.redis)
-        job = queue.enqueue("sensormeter.tasks.held.recount_held_reports")
-        work(runtime)
-        assert JSONJob.fetch(job.id, connection=runtime.redis).get_status() == "finished"
-        assert_billed_once(emulator, "org-7", HOUR, 0)
-
-    def test_a_release_stripe_does_not_take_at_once_is_retried_by_a_job(
-        self, runtime: Runtime, emulator: StripeEmulator
-    ) -> None:
-        """Stripe fails during the release: the row stays pending, a resend job sends it."""
-        with_history(runtime, "org-7", [15])
-        set_active("org-7", 0)
-        row = report_hour(runtime, "org-7", HOUR)
-        emulator.inject(500, times=50)
-        done = sensormeter(cli_env(runtime.settings), "held", "release", str(row.id))
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "queued to be sent again with retries" in done.stdout
-        fresh = MeterReport.get_by_id(row.id)
-        assert (fresh.status, fresh.attempts) == (MeterReport.PENDING, 1)
-        assert make_queue(runtime.settings, runtime.redis).count == 1
-        emulator.reset()  # Stripe is back
-        work(runtime)
-        assert_billed_once(emulator, "org-7", HOUR, 0)
-        assert MeterReport.get_by_id(row.id).attempts == 2
-
-
-class TestCheck:
-    def test_a_held_closing_report_fails_check_and_a_held_hour_is_a_figure(
-        self, runtime: Runtime, redis_conn: redis.Redis
-    ) -> None:
-        """Held hourly: check stays 0, status counts it; held close: check exits 1, naming it."""
-        make_org("acme")
-        set_active("acme", 2)
-        runtime.reporter().run(runtime.database, ["acme"], Report.hourly(HOUR))
-        register_all(make_scheduler(TEST_QUEUE, redis_conn), TEST_QUEUE)
-        with_history(runtime, "org-7", [15])
-        set_active("org-7", 0)
-        report_hour(runtime, "org-7", HOUR)
-        env = cli_env(runtime.settings)
-        check = sensormeter(env, "check")
-        assert check.returncode == 0, check.stdout + check.stderr
-        status = sensormeter(env, "status", "--json")
-        assert json.loads(status.stdout)["held"] == {"count": 1, "period_close": 0}
-
-        end = (utcnow() + timedelta(minutes=5)).replace(microsecond=0)
-        runtime.reporter().run(runtime.database, ["org-7"], Report.period_close(end))
-        check = sensormeter(env, "check")
-        assert check.returncode == 1, check.stdout + check.stderr
-        [line] = check.stdout.splitlines()
-        assert line.startswith("sensormeter.check.failed held_period_close: org-7's closing report")
-        assert f"period ending {end:%Y-%m-%d %H:%M} UTC" in line
-        assert "sensormeter held release" in line

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
-from sensormeter.hours import parse_hour
+from sensormeter.hours import hour_start, parse_hour
 from sensormeter.models import MeterReport, Sensor, utcnow
 from sensormeter.report import Report
 from sensormeter.runtime import Runtime
@@ -33,8 +33,13 @@ def set_active(org: str, count: int) -> None:
         Sensor.create(organization=org, created_at=utcnow() - timedelta(days=2))
 
 
+# History hours end this many hours before the current one: the tests' own past hours are the
+# few just before it.
+HISTORY_GAP = 4
+
+
 def deliver(runtime: Runtime, org: str, count: int) -> MeterReport:
-    """An on-demand report of ``count`` sensors, sent through the real pipeline."""
+    """An on-demand report of ``count`` sensors now, sent through the real pipeline."""
     set_active(org, count)
     runtime.reporter().run(runtime.database, [org], Report.on_demand(uuid.uuid4().hex))
     row = (
@@ -47,19 +52,22 @@ def deliver(runtime: Runtime, org: str, count: int) -> MeterReport:
     return row
 
 
-def deliver_before(runtime: Runtime, org: str, count: int, stamp: datetime) -> MeterReport:
-    """A new organization with one delivered report of ``count``, stamped ``stamp``."""
-    make_org(org)
-    row = deliver(runtime, org, count)
-    MeterReport.update(measured_at=stamp).where(MeterReport.id == row.id).execute()
-    return MeterReport.get_by_id(row.id)
+def history_hours(count: int) -> list[datetime]:
+    """``count`` consecutive past hours, oldest first, ending HISTORY_GAP hours ago."""
+    last = hour_start(utcnow()) - timedelta(hours=HISTORY_GAP)
+    return [last - timedelta(hours=count - 1 - i) for i in range(count)]
 
 
-def with_history(runtime: Runtime, org: str, values: list[int]) -> None:
-    """The organization exists and had ``values`` delivered, oldest first."""
-    make_org(org)
-    for value in values:
-        deliver(runtime, org, value)
+def with_history(
+    runtime: Runtime, org: str, values: list[int], *, customer: str | None = "default"
+) -> None:
+    """The organization exists, and its hourly reports of past hours delivered ``values``
+    (oldest first), each counted as of its hour's end like any late hourly report."""
+    make_org(org, customer=customer)
+    for hour, value in zip(history_hours(len(values)), values, strict=True):
+        set_active(org, value)
+        row = report_hour(runtime, org, hour)
+        assert (row.status, row.value) == (MeterReport.SENT, value), (row.status, row.evidence)
 
 
 def report_hour(runtime: Runtime, org: str, hour: str | datetime) -> MeterReport:

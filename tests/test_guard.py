@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from datetime import UTC, timedelta
 
 import peewee
@@ -37,8 +36,9 @@ from .factories import make_org
 from .guard_scenarios import (
     EVENT,
     assert_billed_once,
-    deliver_before,
+    deliver,
     evidence,
+    history_hours,
     report_hour,
     set_active,
     stripe_values,
@@ -204,10 +204,11 @@ class TestHeld:
         runtime.reporter().run(runtime.database, ["big", "new", "calm"], Report.hourly(HOUR))
         statuses = {
             r.organization_id: r.status
-            for r in MeterReport.select().where(MeterReport.kind == MeterReport.HOURLY)
+            for r in MeterReport.select().where(MeterReport.period_hour == parse_hour(HOUR))
         }
         assert statuses == {"big": "held", "new": "sent", "calm": "sent"}
-        assert evidence(MeterReport.get(organization_id="big", kind="hourly"))["rule"] == "jump"
+        big = MeterReport.get(organization_id="big", period_hour=parse_hour(HOUR))
+        assert evidence(big)["rule"] == "jump"
         for org, value in [("new", 40), ("calm", 13)]:
             identifier = ledger.hourly_identifier(org, EVENT, parse_hour(HOUR))
             assert stripe_values(emulator, identifier) == [value]
@@ -245,7 +246,7 @@ class TestHeld:
         with_history(runtime, "org-7", [15])
         set_active("org-7", 0)
         report_hour(runtime, "org-7", HOUR)
-        counts = window_counts(runtime.database, utcnow() - timedelta(hours=2))
+        counts = window_counts(runtime.database, hour_start(utcnow()) - timedelta(hours=24))
         assert (counts["held"], counts["sent"]) == (1, 1)
 
 
@@ -291,7 +292,7 @@ class TestRecount:
     ) -> None:
         """The hour is over when the recount runs: stamped HH:59:59, with the count as of then."""
         past = hour_start(utcnow()) - timedelta(hours=1)
-        first = deliver_before(runtime, "org-7", 15, past - timedelta(minutes=30))
+        with_history(runtime, "org-7", [15])
         # As of the hour's end the sensors were not there yet (a host bug, say): 0, held.
         Sensor.update(created_at=past + timedelta(hours=2)).execute()
         row = report_hour(runtime, "org-7", past)
@@ -306,7 +307,6 @@ class TestRecount:
             int(last_second.replace(tzinfo=UTC).timestamp()),
         )
         assert evidence(row)["recount"]["outcome"] == "back_to_normal"  # type: ignore[index]
-        assert first.status == MeterReport.SENT
         assert_billed_once(emulator, "org-7", format_hour(past), 15)
 
     def test_a_recount_overtaken_by_a_newer_delivery_is_superseded(
@@ -314,7 +314,8 @@ class TestRecount:
     ) -> None:
         """A held past hour, and a report delivered since: the recount sends nothing."""
         past = hour_start(utcnow()) - timedelta(hours=1)
-        with_history(runtime, "org-7", [15])  # delivered now, after the past hour
+        with_history(runtime, "org-7", [15])
+        deliver(runtime, "org-7", 15)  # on demand, now: newer than the past hour
         Sensor.update(created_at=past + timedelta(hours=2)).execute()
         row = report_hour(runtime, "org-7", past)
         assert row.status == MeterReport.HELD
@@ -332,10 +333,11 @@ class TestRecount:
             make_org(org, customer="cus_shared")
         set_active("a", 15)
         set_active("b", 5)
-        runtime.reporter().run(runtime.database, ["a", "b"], Report.on_demand(uuid.uuid4().hex))
+        [earlier] = history_hours(1)
+        runtime.reporter().run(runtime.database, ["a", "b"], Report.hourly(earlier))
         set_active("a", 0)
         runtime.reporter().run(runtime.database, ["a", "b"], Report.hourly(HOUR))
-        parts = list(MeterReport.select().where(MeterReport.kind == MeterReport.HOURLY))
+        parts = list(MeterReport.select().where(MeterReport.period_hour == parse_hour(HOUR)))
         assert {(p.organization_id, p.status) for p in parts} == {("a", "held"), ("b", "held")}
         identifier = ledger.customer_hourly_identifier("cus_shared", EVENT, parse_hour(HOUR))
         assert stripe_values(emulator, identifier) == []
@@ -345,7 +347,8 @@ class TestRecount:
         recount_held_reports()
         assert stripe_values(emulator, identifier) == [20]
         rows = {
-            r.organization_id: r for r in MeterReport.select().where(MeterReport.kind == "hourly")
+            r.organization_id: r
+            for r in MeterReport.select().where(MeterReport.period_hour == parse_hour(HOUR))
         }
         assert {o: (r.status, r.value, r.event_value) for o, r in rows.items()} == {
             "a": ("sent", 15, 20),
@@ -397,7 +400,7 @@ class TestRecount:
     def test_catch_up_leaves_a_held_hour_to_the_recount(self, runtime: Runtime) -> None:
         """A held (or superseded) hour is no gap: catch-up could not send it anyway."""
         past = hour_start(utcnow()) - timedelta(hours=2)
-        deliver_before(runtime, "org-7", 15, past - timedelta(minutes=30))
+        with_history(runtime, "org-7", [15])
         report_hour(runtime, "org-7", past)  # 15 sensors: sent
         Sensor.update(created_at=past + timedelta(hours=3)).execute()
         held = report_hour(runtime, "org-7", past + timedelta(hours=1))

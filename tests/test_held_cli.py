@@ -25,6 +25,7 @@ from .conftest import TEST_QUEUE, cli_env
 from .factories import make_org
 from .guard_scenarios import (
     assert_billed_once,
+    deliver,
     evidence,
     report_hour,
     set_active,
@@ -51,6 +52,7 @@ class TestRelease:
         """A held past hour overtaken by a newer delivery: marked superseded, said so, exit 0."""
         past = hour_start(utcnow()) - timedelta(hours=1)
         with_history(runtime, "org-7", [15])
+        deliver(runtime, "org-7", 15)  # on demand, now: newer than the past hour
         Sensor.update(created_at=past + timedelta(hours=2)).where(
             Sensor.organization == "org-7"
         ).execute()

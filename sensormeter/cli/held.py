@@ -150,7 +150,8 @@ def release(report_id: int | None, org: str | None, release_all: bool) -> None:
     """Send held reports as they are now, past the guard (never older than a delivered one).
 
     Exit 0 when each was sent, superseded or queued for a retry (or --all found none); 1 when
-    ID or --org names no held report, or Stripe refused one; 2 when a service is out of reach or the arguments are wrong.
+    ID or --org names no held report, or Stripe refused one; 2 when a service is out of reach
+    or the arguments are wrong.
     """
     from .. import ledger
     from ..guard import held_rows

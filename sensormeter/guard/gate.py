@@ -18,6 +18,7 @@ from typing import Any
 import peewee
 
 from ..gate import KeptBack
+from ..hours import hour_start
 from ..ledger import LedgerRow
 from ..logs import get_logger
 from ..meters.base import SendResult
@@ -27,10 +28,10 @@ from .rules import Thresholds, judge
 
 log = get_logger(__name__)
 
-HISTORY = 3  # the recent delivered values a reading is compared with, newest first
-# Only deliveries this recent count as history: an organization back after a long pause
-# starts afresh (and is not held).
-LOOKBACK = timedelta(hours=48)
+HISTORY = 3  # the recent delivered hourly values a reading is compared with, newest first
+# Only hours this recent count as history: an organization back after a long pause starts
+# afresh (and is not held).
+LOOKBACK = timedelta(hours=24)
 GATE = "guard"  # the evidence's "gate": which gate held the row
 # Evidence keys that mean a person or the recount already decided: let the row through.
 DECIDED = ("released", "recount")
@@ -54,10 +55,13 @@ def recent_deliveries(
     since: datetime,
     per_organization: int = HISTORY,
 ) -> dict[str, list[tuple[int, datetime]]]:
-    """Each organization's newest delivered (value, measured_at), newest first (one query).
+    """Each organization's newest delivered hourly (value, measured_at), newest first.
 
-    Its own sent rows (its part, for a shared customer) stamped since ``since``; the window
-    function keeps the query's answer to ``per_organization`` rows an organization.
+    One query: its own sent hourly rows (its part, for a shared customer) of the hours since
+    ``since``, read through the ``(organization_id, period_hour)`` index, so the cost stays
+    that of the window whatever the ledger's age; the window function keeps the answer to
+    ``per_organization`` rows an organization. Hourly reports are the regular series an
+    organization is judged by (on-demand and closing reports are judged, not judged by).
     """
     if not organization_ids:
         return {}
@@ -74,10 +78,11 @@ def recent_deliveries(
             MeterReport.organization_id, MeterReport.value, MeterReport.measured_at, n
         )
         .where(
-            (MeterReport.status == MeterReport.SENT)
-            & MeterReport.organization_id.in_(sorted(set(organization_ids)))
+            MeterReport.organization_id.in_(sorted(set(organization_ids)))
+            & (MeterReport.period_hour >= since)
+            & (MeterReport.kind == MeterReport.HOURLY)
+            & (MeterReport.status == MeterReport.SENT)
             & MeterReport.event_name.in_(sorted(set(event_names)))
-            & (MeterReport.measured_at >= since)
         )
         .alias("ranked")
     )
@@ -126,7 +131,7 @@ class Guard:
         """The rows whose reading trips a rule against the recent deliveries, as ``held``."""
         if not rows:
             return {}
-        since = min(row.measured_at for row in rows) - self.lookback
+        since = hour_start(min(row.measured_at for row in rows) - self.lookback)
         history = recent_deliveries(
             database,
             [row.organization_id for row in rows],

@@ -138,14 +138,12 @@ class Guard:
             [row.event_name for row in rows],
             since,
         )
-        suspects = [row for row in rows if row.organization_id in history]
-        passed = decided(database, [row.id for row in suspects]) if suspects else set()
         kept: dict[int, KeptBack] = {}
         now = utcnow()
-        for row in suspects:
-            if row.id in passed:
+        for row in rows:
+            previous = history.get(row.organization_id)
+            if not previous:
                 continue
-            previous = history[row.organization_id]
             trip = judge(int(row.value), [value for value, _ in previous], self.thresholds)
             if trip is None:
                 continue
@@ -162,6 +160,10 @@ class Guard:
                     "held_at": iso(now),
                 },
             )
+        # Only for the few rows that trip a rule: one a recount or a release already decided
+        # to send goes through, or it would be held again for the same reading.
+        for row_id in decided(database, list(kept)) if kept else ():
+            del kept[row_id]
         return kept
 
     def observe(

@@ -25,7 +25,7 @@ from sensormeter.hours import format_hour, hour_start, parse_hour
 from sensormeter.logs import capture_logs
 from sensormeter.models import MeterReport, Sensor, utcnow
 from sensormeter.ops.readings import window_counts
-from sensormeter.report import Report
+from sensormeter.report import Report, close_request_id
 from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.settings import Settings
 from sensormeter.tasks.catchup import find_gaps
@@ -213,6 +213,11 @@ class TestHeld:
             identifier = ledger.hourly_identifier(org, EVENT, parse_hour(HOUR))
             assert stripe_values(emulator, identifier) == [value]
 
+    def test_an_ordinary_week_of_growth_goes_out_hour_after_hour(self, runtime: Runtime) -> None:
+        """A customer onboarding and settling (1 to 90 and back to 52): every report is sent."""
+        with_history(runtime, "growing", [1, 3, 8, 20, 25, 40, 38, 60, 90, 45, 47, 52])
+        assert MeterReport.select().where(MeterReport.status != MeterReport.SENT).count() == 0
+
     def test_no_history_is_never_held(self, runtime: Runtime, emulator: StripeEmulator) -> None:
         """An organization never delivered before goes out whatever its count."""
         make_org("fresh")
@@ -308,6 +313,27 @@ class TestRecount:
         )
         assert evidence(row)["recount"]["outcome"] == "back_to_normal"  # type: ignore[index]
         assert_billed_once(emulator, "org-7", format_hour(past), 15)
+
+    def test_a_held_closing_report_is_recounted_as_of_the_period_end(
+        self, runtime: Runtime, emulator: StripeEmulator
+    ) -> None:
+        """The period ended: the recount counts as of its last second and bills that."""
+        with_history(runtime, "org-7", [15])
+        end = (utcnow() - timedelta(minutes=2)).replace(microsecond=0)
+        Sensor.update(created_at=end + timedelta(hours=1)).execute()  # a glitch: 0 at the end
+        runtime.reporter().run(runtime.database, ["org-7"], Report.period_close(end))
+        identifier = ledger.on_demand_identifier("org-7", EVENT, close_request_id(end))
+        row = MeterReport.get(MeterReport.identifier == identifier)
+        assert (row.kind, row.status, row.value) == (MeterReport.PERIOD_CLOSE, "held", 0)
+        Sensor.update(created_at=end - timedelta(days=1)).execute()
+        wait_out(row)
+        assert recount_held_reports()["outcomes"] == {"sent": 1}
+        [event] = [e for e in emulator.events() if e.identifier == identifier]
+        last_second = int((end - timedelta(seconds=1)).replace(tzinfo=UTC).timestamp())
+        assert (event.value, event.timestamp) == (15, last_second)
+        # The period's last event carries the count at its end.
+        mine = [e for e in emulator.events() if e.customer == "cus_org-7"]
+        assert max(mine, key=lambda e: e.timestamp) == event
 
     def test_a_recount_overtaken_by_a_newer_delivery_is_superseded(
         self, runtime: Runtime, emulator: StripeEmulator

@@ -19,6 +19,7 @@ from .common import (
     load_settings,
     not_billable_reason,
 )
+from .held import held
 from .ops import check, metrics
 from .quarantine import quarantine
 from .repair import backfill, reconcile, retry_failed
@@ -168,6 +169,7 @@ def demo_command(workers: int) -> None:
 for command in (
     status,
     failed,
+    held,
     reconcile,
     retry_failed,
     backfill,

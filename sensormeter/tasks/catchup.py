@@ -46,8 +46,16 @@ from .report import process_meter_report
 
 log = get_logger(__name__)
 
-# A quarantined or superseded hour is decided too: catch-up would only find its row again.
-DONE = (MeterReport.SENT, MeterReport.REJECTED, MeterReport.QUARANTINED, MeterReport.SUPERSEDED)
+# Decided hours: sent or rejected (Stripe's answer is final), held (a recount or a release
+# sends it), quarantined (a release sends it) or superseded. Catch-up could not send them, and
+# counting them as missing would report the hour unreported forever.
+DONE = (
+    MeterReport.SENT,
+    MeterReport.REJECTED,
+    MeterReport.HELD,
+    MeterReport.QUARANTINED,
+    MeterReport.SUPERSEDED,
+)
 
 
 def hours_between(first: datetime, last: datetime) -> list[datetime]:

@@ -12,7 +12,7 @@ from typing import Any
 from . import ledger
 from .errors import ReportsFailed, RetryableReportError
 from .gate import Gate
-from .ledger import LedgerRow, NewReport
+from .ledger import LedgerRow, NewReport, past
 from .logs import get_logger
 from .meters.base import MeterClient, MeterEvent, SendResult, classify_error
 from .models import MeterReport, utcnow
@@ -119,14 +119,28 @@ class Reporter:
             return deadline, self.source.count_active_sensors(organization_ids)
         return now, self.source.count_active_sensors(organization_ids)
 
-    def _customers(self, organization_ids: list[str], result: ChunkResult) -> dict[str, str]:
-        """The billable organizations' customers; the others go to ``result.skipped``."""
-        customers = self.source.billable_customers(organization_ids)
+    def _customers(
+        self, organization_ids: list[str], result: ChunkResult, hour: datetime | None = None
+    ) -> dict[str, str]:
+        """The billable organizations' customers; the others go to ``result.skipped``.
+
+        For a past ``hour``, the billable history answers for the organizations it had
+        recorded by then (billable then, under the customer of then); the usage source
+        answers for the others, with who is billable now.
+        """
+        then = past.billable_then(organization_ids, hour) if hour is not None else None
+        asked = [o for o in organization_ids if then is None or o not in then.known]
+        customers = self.source.billable_customers(asked) if asked else {}
+        if then is not None:
+            customers = {**customers, **then.customers}
         usable: dict[str, str] = {}
         for org in organization_ids:
             customer = customers.get(org)
             if customer is None:
-                result.skipped[org] = self.source.explain_not_billable(org)
+                if then is not None and org in then.known:
+                    result.skipped[org] = then.reason(org)
+                else:
+                    result.skipped[org] = self.source.explain_not_billable(org)
             elif not isinstance(customer, str) or not customer.strip():
                 # A host's source may hand back "  ": no meter can bill that customer.
                 result.skipped[org] = f"blank Stripe customer id {customer!r}"
@@ -134,12 +148,15 @@ class Reporter:
                 usable[org] = customer
         return usable
 
-    def _members(self, customers: dict[str, str]) -> dict[str, list[str]]:
+    def _members(
+        self, customers: dict[str, str], hour: datetime | None = None
+    ) -> dict[str, list[str]]:
         """Every billable organization of each customer at hand, ascending.
 
         Stripe meters aggregate per customer, so organizations sharing one are reported
         together. A host source without ``organizations_of_customers`` only groups the
-        organizations at hand (see docs/integrating.md).
+        organizations at hand (see docs/integrating.md). For a past ``hour``, the billable
+        history corrects the source's members to those billable under the customer then.
         """
         members: dict[str, set[str]] = {}
         for org, customer in customers.items():
@@ -151,6 +168,8 @@ class Reporter:
                     members[customer].update(
                         o for o in orgs if ledger.organization_id_problem(o) is None
                     )
+        if hour is not None:
+            members = past.members_then(members, hour)
         return {customer: sorted(orgs) for customer, orgs in members.items()}
 
     def prepare(
@@ -171,8 +190,9 @@ class Reporter:
         rows = ledger.find(list(identifiers.values()))
         missing = [o for o in organization_ids if identifiers[o] not in rows]
         if missing:
-            customers = self._customers(missing, result)
-            members = self._members(customers)
+            hour = past.past_hour(report.hour)  # reported from the billable history
+            customers = self._customers(missing, result, hour)
+            members = self._members(customers, hour)
             others = [o for group in members.values() for o in group if o not in identifiers]
             identifiers.update(self.identifiers(others, report))
             rows.update(ledger.find([identifiers[o] for o in others]))

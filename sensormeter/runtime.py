@@ -16,6 +16,7 @@ import redis
 
 from .errors import ConfigurationError, ServiceUnavailable
 from .gate import Gate
+from .guard import Guard
 from .meters import make_meter_client
 from .meters.base import MeterClient
 from .migrations import check_schema
@@ -82,14 +83,18 @@ class Runtime:
         if not create_database:
             check_schema(database)
         connection = make_redis(settings.redis_url)
+        # Asked in this order: the quarantine first (a refused customer's report is not judged
+        # by later gates), then the anomaly guard.
+        gates: list[Gate] = [QuarantineGate(settings.customer_payload_key)]
+        if settings.guard:
+            gates.append(Guard.from_settings(settings))
         return cls(
             settings=settings,
             database=database,
             redis=connection,
             source=load_usage_source(settings, database),
             meter=meter if meter is not None else make_meter_client(settings, connection),
-            # The quarantine first: a refused customer's report is not judged by later gates.
-            gates=[QuarantineGate(settings.customer_payload_key)],
+            gates=gates,
         )
 
     def reporter(self) -> Reporter:

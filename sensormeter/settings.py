@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -107,6 +107,12 @@ class Settings:
     period_close_minutes: int = 10
     invoice_grace_hours: int = 1
     stripe_webhook_secret: str | None = None
+    # The anomaly guard (sensormeter/guard): hold a report far off the organization's recent
+    # delivered values, recount it after a short wait (docs/operations.md, "Held reports").
+    guard: bool = True
+    guard_min_count: int = 10
+    guard_factor: float = 10.0
+    guard_recount_minutes: int = 10
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -231,6 +237,15 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _switch(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{shown(raw)} must be on or off")
+
+
 # Every environment variable sensormeter reads: (the Settings attribute, its parser).
 VARIABLES: dict[str, tuple[str, Any]] = {
     "REDIS_URL": ("redis_url", _text),
@@ -259,6 +274,10 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_PERIOD_CLOSE_MINUTES": ("period_close_minutes", _integer),
     "SENSORMETER_INVOICE_GRACE_HOURS": ("invoice_grace_hours", _integer),
     "STRIPE_WEBHOOK_SECRET": ("stripe_webhook_secret", _text),
+    "SENSORMETER_GUARD": ("guard", _switch),
+    "SENSORMETER_GUARD_MIN_COUNT": ("guard_min_count", _integer),
+    "SENSORMETER_GUARD_FACTOR": ("guard_factor", _number),
+    "SENSORMETER_GUARD_RECOUNT_MINUTES": ("guard_recount_minutes", _integer),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in VARIABLES.items()}
 
@@ -362,8 +381,33 @@ def _validate(s: Settings) -> None:
         )
     if s.stripe_webhook_secret is not None and not s.stripe_webhook_secret.startswith("whsec_"):
         fail("stripe_webhook_secret", "must be the endpoint's signing secret, whsec_...")
+    _validate_guard(s, fail)
     if not 10 <= s.job_timeout_seconds <= 3600:
         fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")
     if not 0 <= s.shutdown_grace_seconds <= 25:
         # Heroku's SIGKILL comes 30 s after SIGTERM: leave the cut-off job time to hand back.
         fail("shutdown_grace_seconds", f"{s.shutdown_grace_seconds} is out of range (0 to 25)")
+
+
+def _validate_guard(s: Settings, fail: Callable[[str, str], None]) -> None:
+    """The anomaly guard's thresholds: each must leave ordinary growth alone."""
+    if not isinstance(s.guard, bool):
+        fail("guard", f"{shown(s.guard)} must be on or off")
+    if not 1 <= s.guard_min_count <= 1_000_000:
+        fail(
+            "guard_min_count",
+            f"{s.guard_min_count} is out of range (1 to 1000000 sensors: below it a change is "
+            "never held)",
+        )
+    if not 2 <= s.guard_factor <= 1000:
+        fail(
+            "guard_factor",
+            f"{s.guard_factor} is out of range (2 to 1000: a value this many times above or "
+            "below the recent ones is held)",
+        )
+    if not 0 <= s.guard_recount_minutes <= 1440:
+        fail(
+            "guard_recount_minutes",
+            f"{s.guard_recount_minutes} is out of range (0 to 1440; 0 turns the automatic "
+            "recount off: held reports wait for 'sensormeter held release')",
+        )

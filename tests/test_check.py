@@ -189,7 +189,7 @@ class TestStatus:
         assert facts["queue"] == {"name": TEST_QUEUE, "queued": 0, "waiting_for_retry": 0}
         hourly = datetime.fromisoformat(facts["schedule"]["hourly"])
         assert f"next hourly run: {hourly}" in lines
-        assert set(facts["schedule"]) == {"hourly", "sweep", "period_close"}
+        assert set(facts["schedule"]) == {"hourly", "sweep", "period_close", "held_recount"}
         assert all(facts["schedule"].values())
         [problem] = facts["problem_reports"]
         assert f"  failed: acme {problem['identifier']}: None" in lines
@@ -197,6 +197,7 @@ class TestStatus:
         assert "problems: failed_reports (see 'sensormeter check')" in lines
         assert facts["late_closes"] == {"grace_hours": 1, "count": 0, "closes": []}
         assert facts["stale_pending"]["count"] == 0
+        assert facts["held"] == {"count": 0, "period_close": 0}
 
     def test_status_exits_0_when_check_would(
         self, settings: Settings, database: peewee.Database, redis_conn: redis.Redis

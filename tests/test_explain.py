@@ -101,7 +101,16 @@ def acme(now: datetime) -> dict[str, datetime]:
         hours["held"],
         MeterReport.HELD,
         0,
-        evidence={"rule": "drop_to_zero", "previous": [15, 15, 14], "reading": 0},
+        evidence={  # as the guard writes it (sensormeter/guard/gate.py)
+            "gate": "guard",
+            "rule": "drop_to_zero",
+            "explanation": "dropped to 0 from 15",
+            "thresholds": {"drop_floor": 5},
+            "reading": {"value": 0, "measured_at": "2026-11-30T09:00:02+00:00"},
+            "previous": [
+                {"value": v, "measured_at": "2026-11-30T08:00:02+00:00"} for v in (15, 15, 14)
+            ],
+        },
     )
     report(
         "acme",
@@ -177,11 +186,8 @@ class TestExplain:
         assert sent["stripe_request_id"] == row.stripe_request_id
         assert sent["sent_at"] == row.sent_at.isoformat() + "+00:00"
         held = lines[format_hour(hours["held"])]
-        assert held["report"]["evidence"] == {
-            "rule": "drop_to_zero",
-            "previous": [15, 15, 14],
-            "reading": 0,
-        }
+        assert held["report"]["evidence"]["rule"] == "drop_to_zero"
+        assert [p["value"] for p in held["report"]["evidence"]["previous"]] == [15, 15, 14]
         [close] = lines[format_hour(hours["close"])]["other_reports"]
         assert (close["kind"], close["value"], close["status"]) == ("period_close", 41, "sent")
         stamp = hours["close"] + H - timedelta(seconds=1)
@@ -216,9 +222,8 @@ class TestExplain:
             f"sent {row.sent_at:%H:%M:%S} ({row.stripe_request_id})"
         )
         assert sent in out
-        assert (
-            "held by the guard, not sent (rule drop_to_zero; previous 15, 15, 14; reading 0)" in out
-        )
+        rule = "drop_to_zero: dropped to 0 from 15; previous 15, 15, 14; reading 0"
+        assert f"held by the guard, not sent ({rule})" in out
         assert "'sensormeter held release" in out
         assert "kept back, not sent: customer cus_acme quarantined since" in out
         assert "(meter_event_customer_not_found: No such customer: 'cus_acme')" in out

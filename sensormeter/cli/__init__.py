@@ -20,6 +20,7 @@ from .common import (
     not_billable_reason,
 )
 from .explain import explain
+from .held import held
 from .ops import check, metrics
 from .quarantine import quarantine
 from .repair import backfill, reconcile, retry_failed
@@ -171,6 +172,7 @@ def demo_command(workers: int) -> None:
 for command in (
     status,
     failed,
+    held,
     reconcile,
     retry_failed,
     backfill,

@@ -75,11 +75,13 @@ def retry_failed(org: str | None, include_stale_pending: bool) -> None:
 def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> None:
     """Report hours that have no delivered hourly report, with the count as it was then.
 
-    The same search as the scheduler's catch-up: only billable organizations, never before
-    the first hour sensormeter reported for an organization, within Stripe's 35 days.
+    The same search as the scheduler's catch-up, within Stripe's 35 days: the hours the
+    billable history has an organization billable (canceled since or not); before the history
+    knows it, the hours since sensormeter first reported it, if it is billable now.
     """
     from .. import ledger
     from ..hours import format_hour, hour_start, parse_hour_option
+    from ..ledger import history
     from ..models import utcnow
     from ..report import Report
     from ..runtime import Runtime
@@ -97,9 +99,14 @@ def backfill(since: str, until: str | None, org: str | None, dry_run: bool) -> N
     settings = load_settings()
     runtime = Runtime.build(settings)
     with runtime.database.connection_context():
-        if org is not None and not runtime.source.billable_customers([org]):
+        if (
+            org is not None
+            and not runtime.source.billable_customers([org])
+            and not history.intervals(org, hours[0], hours[-1])
+        ):
             fail(
-                f"{org} is not billable ({runtime.source.explain_not_billable(org)}): nothing to do"
+                f"{org} is not billable ({runtime.source.explain_not_billable(org)}), and the "
+                f"billable history has it billable at no hour of the window: nothing to do"
             )
         plan = list(iter_gaps(runtime.source, settings, hours, [org] if org else None))
         total = sum(len(orgs) for _, orgs in plan)

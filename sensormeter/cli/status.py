@@ -79,6 +79,7 @@ def status(as_json: bool) -> None:
     source = load_usage_source(settings, database)
     facts["shared_customers"] = _shared_customers(source)
     facts["late_closes"] = _late_closes(settings, limit=20)
+    facts["held"] = _held()
     problems = find_problems(settings, database, connection, source, utcnow())
     facts["problems"] = [problem.as_dict() for problem in problems]
     if as_json:
@@ -143,6 +144,12 @@ def _echo_text(facts: dict[str, Any]) -> None:
         click.echo(
             f"  late close: {close['organization_id']} period end {end} UTC "
             f"value {close['value']}: {when}"
+        )
+    held = facts["held"]
+    if held["count"]:
+        click.echo(
+            f"held by the anomaly guard: {held['count']} report(s), {held['period_close']} of "
+            "them closing a period (see 'sensormeter held')"
         )
     codes = list(dict.fromkeys(problem["code"] for problem in facts["problems"]))
     click.echo(
@@ -218,6 +225,18 @@ def _late_closes(settings: Settings, limit: int) -> dict[str, Any]:
             }
             for close in late[:limit]
         ],
+    }
+
+
+def _held() -> dict[str, int]:
+    """How many reports the anomaly guard holds, and how many of them close a period."""
+    from ..guard import count_held
+    from ..models import MeterReport
+
+    by_kind = count_held()
+    return {
+        "count": sum(by_kind.values()),
+        "period_close": by_kind.get(MeterReport.PERIOD_CLOSE, 0),
     }
 
 

@@ -1,11 +1,14 @@
 """The ledger: one ``meter_reports`` row per report, the billing audit trail.
 
 Identifiers (``identifiers.py``) are fixed before the first attempt; rows (``rows.py``) are
-created pending and record every attempt's outcome.
+created pending and record every attempt's outcome. Beside it, the billable history
+(``history.py``): when each organization was billable, and under which customer; and
+what it says of a past hour (``past.py``).
 """
 
 from __future__ import annotations
 
+from . import history, past
 from .identifiers import (
     customer_hourly_identifier,
     customer_request_identifier,
@@ -42,11 +45,13 @@ __all__ = [
     "find",
     "find_by_event",
     "find_by_ids",
+    "history",
     "hourly_identifier",
     "ids_to_resend",
     "keep_back",
     "on_demand_identifier",
     "organization_id_problem",
+    "past",
     "record_attempts",
     "summary",
     "validate_organization_id",

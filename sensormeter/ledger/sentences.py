@@ -69,19 +69,33 @@ def day_hour(hour: datetime) -> str:
     return f"{hour:%Y-%m-%d %H:00}"
 
 
+def _values(readings: Any) -> str:
+    """Readings as ``15, 15, 14``: each a number or a ``{"value": ...}`` of the guard's."""
+    items = readings if isinstance(readings, list | tuple) else [readings]
+    return ", ".join(str(r.get("value") if isinstance(r, dict) else r) for r in items)
+
+
 def evidence_text(evidence: dict[str, Any] | None) -> str:
-    """The evidence of a kept-back row in a few words: its rule or code first, then readings."""
+    """The evidence of a kept-back row in a few words: the guard's rule and readings, or
+    Stripe's code, or else each field."""
     if not evidence:
         return "no evidence recorded"
-    parts = []
-    for key in ("rule", "code"):
-        if key in evidence:
-            parts.append(f"{key} {evidence[key]}")
-    for key in sorted(k for k in evidence if k not in ("rule", "code")):
+    if "rule" in evidence or "explanation" in evidence:
+        rule, why = evidence.get("rule"), evidence.get("explanation")
+        parts = [f"{rule}: {why}" if rule and why else str(rule or why)]
+        if evidence.get("previous"):
+            parts.append(f"previous {_values(evidence['previous'])}")
+        if "reading" in evidence:
+            parts.append(f"reading {_values(evidence['reading'])}")
+        recount = evidence.get("recount")
+        if isinstance(recount, dict) and "value" in recount:
+            parts.append(f"recounted {recount['value']} ({recount.get('outcome', '?')})")
+        return "; ".join(parts)
+    parts = [f"code {evidence['code']}"] if "code" in evidence else []
+    for key in sorted(k for k in evidence if k != "code"):
         value = evidence[key]
-        if isinstance(value, list | tuple):
-            value = ", ".join(str(v) for v in value)
-        parts.append(f"{key.replace('_', ' ')} {value}")
+        shown = _values(value) if isinstance(value, list | tuple) else value
+        parts.append(f"{key.replace('_', ' ')} {shown}")
     return "; ".join(parts)
 
 

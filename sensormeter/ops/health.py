@@ -13,11 +13,13 @@ import peewee
 import redis
 
 from ..errors import ServiceUnavailable
+from ..guard import held_rows
 from ..models import MeterReport, open_database, utcnow
 from ..quarantine import CUSTOMER, METER, open_quarantines
 from ..quarantine.store import explain
 from ..runtime import check_redis, make_redis
 from ..settings import Settings
+from ..tasks.held import period_end
 from ..tasks.recovery import stale_after
 from ..usage import UsageSource, load_usage_source
 from ..usage.unbilled import last_totals
@@ -36,6 +38,8 @@ CHECK_NOTICE = "sensormeter.check.notice"
 # The hourly fan-out runs at minute 0; 5 minutes of slack for it to send its first reports.
 HOURLY_LIMIT = timedelta(minutes=65)
 
+# At most this many held_period_close lines (one per held closing report, oldest first).
+HELD_CLOSE_LINES = 20
 OK, PROBLEMS, UNREACHABLE = 0, 1, 2  # the exit statuses of check (and of status)
 
 
@@ -44,8 +48,8 @@ class Problem:
     """One thing that needs a person: a stable ``code`` and a one-line ``detail``."""
 
     code: str  # not_registered, failed_reports, meter_paused, abandoned_pending,
-    # no_recent_hourly_report, redis_unreachable, database_unreachable; as a notice:
-    # quarantined_customers
+    # no_recent_hourly_report, held_period_close, redis_unreachable, database_unreachable;
+    # as a notice: quarantined_customers
     detail: str
     notice: bool = False  # shown, but check still passes
 
@@ -111,6 +115,7 @@ def find_problems(
                 "retry-failed --include-stale-pending')",
             )
         )
+    problems.extend(held_closes(settings, database))
     newest = newest_hourly_delivery(database, settings.meter_event_name, now - HOURLY_LIMIT)
     # Only asked when nothing was delivered: one indexed row from the usage source.
     if newest is None and source.billable_organization_ids(None, 1):
@@ -141,6 +146,34 @@ def find_notices(database: peewee.Database) -> list[Problem]:
             notice=True,
         )
     ]
+
+
+def held_closes(settings: Settings, database: peewee.Database) -> list[Problem]:
+    """One problem per closing report the anomaly guard holds: the invoice waits for a decision.
+
+    Stripe finalizes the invoice ``SENSORMETER_INVOICE_GRACE_HOURS`` after the period's end
+    with the last value it has; until someone (or the recount) sends the held one, that is
+    the previous report's value.
+    """
+    if count_status(database, MeterReport.HELD) == 0:
+        return []  # the usual answer, from the status index alone
+    problems = []
+    for row in held_rows(kind=MeterReport.PERIOD_CLOSE, limit=HELD_CLOSE_LINES):
+        end = period_end(row)
+        if end is None:
+            continue
+        final = end + timedelta(hours=settings.invoice_grace_hours)
+        problems.append(
+            Problem(
+                "held_period_close",
+                f"{row.organization_id}'s closing report of the period ending "
+                f"{end:%Y-%m-%d %H:%M} UTC is held by the anomaly guard: {row.value} sensors, "
+                f"{row.explanation}; Stripe finalizes the invoice at {final:%Y-%m-%d %H:%M} UTC "
+                f"with the previous value: see 'sensormeter held', then 'sensormeter held "
+                f"release {row.id}' or let the recount send it",
+            )
+        )
+    return problems
 
 
 def unbilled_notices(connection: redis.Redis, queue_name: str) -> list[Problem]:

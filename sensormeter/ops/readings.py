@@ -26,13 +26,18 @@ from ..hours import hour_start
 from ..models import MeterReport, open_database
 from ..settings import Settings
 from ..tasks.queue import make_queue
-from ..tasks.schedule import close_job_id, hourly_job_id, sweep_job_id
+from ..tasks.schedule import close_job_id, held_job_id, hourly_job_id, sweep_job_id
 
 UNSENT = (MeterReport.PENDING, MeterReport.FAILED)  # waiting to be delivered
-# Every status but sent: few rows, each counted through the status index.
-NOT_SENT = tuple(s for s in MeterReport.STATUSES if s != MeterReport.SENT)
+# Every status but sent (the rare ones, counted through the status index).
+NOT_SENT = tuple(status for status in MeterReport.STATUSES if status != MeterReport.SENT)
 # The scheduled jobs by the name metrics and check use, with their fixed ids.
-SCHEDULED_JOBS = {"hourly": hourly_job_id, "sweep": sweep_job_id, "period_close": close_job_id}
+SCHEDULED_JOBS = {
+    "hourly": hourly_job_id,
+    "sweep": sweep_job_id,
+    "period_close": close_job_id,
+    "held_recount": held_job_id,
+}
 QUEUE_STATES = ("queued", "started", "scheduled", "failed")
 
 

@@ -3,8 +3,11 @@
 Workers down for a while, a fan-out that failed, Redis losing its queued jobs: each leaves
 hours with no hourly ledger row for some organizations. The scheduler queues a catch-up when
 it starts (or finds its registrations gone) and the hourly fan-out queues one every hour; it
-looks back ``SENSORMETER_CATCHUP_HOURS`` (never beyond Stripe's 35 days) and never before the
-first hour sensormeter reported for an organization, so a first deployment bills no history.
+looks back ``SENSORMETER_CATCHUP_HOURS`` (never beyond Stripe's 35 days). Which hours an
+organization owes comes from the billable history (ledger/history.py) where it has recorded
+the organization: the hours it was billable, even if it is canceled since, and no others.
+Before that (a database upgraded from schema 2), an organization billable now owes the hours
+since the first one sensormeter reported for it, so a first deployment bills no history.
 ``sensormeter backfill`` runs the same search on demand.
 
 An hour counts as covered when its row is sent, rejected (Stripe's answer is final) or
@@ -19,7 +22,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +34,7 @@ from rq import Queue
 from ..defaults import CATCHUP_TIMEOUT_SECONDS, ENQUEUE_BATCH
 from ..hours import check_reportable_hour, format_hour, hour_start
 from ..keys import catchup_found_key
+from ..ledger import history, past
 from ..logs import get_logger
 from ..models import MeterReport, tuples, utcnow
 from ..settings import Settings
@@ -42,8 +46,16 @@ from .report import process_meter_report
 
 log = get_logger(__name__)
 
-# A quarantined or superseded hour is decided too: catch-up would only find its row again.
-DONE = (MeterReport.SENT, MeterReport.REJECTED, MeterReport.QUARANTINED, MeterReport.SUPERSEDED)
+# Decided hours: sent or rejected (Stripe's answer is final), held (a recount or a release
+# sends it), quarantined (a release sends it) or superseded. Catch-up could not send them, and
+# counting them as missing would report the hour unreported forever.
+DONE = (
+    MeterReport.SENT,
+    MeterReport.REJECTED,
+    MeterReport.HELD,
+    MeterReport.QUARANTINED,
+    MeterReport.SUPERSEDED,
+)
 
 
 def hours_between(first: datetime, last: datetime) -> list[datetime]:
@@ -73,13 +85,20 @@ def find_gaps(
     organization_ids: Sequence[str],
     hours: Sequence[datetime],
     stale_before: datetime | None = None,
+    *,
+    billable_now: Collection[str] | None = None,
 ) -> dict[datetime, list[str]]:
     """Hours (among ``hours``) each organization lacks a covered hourly report for.
 
     A pending row covers its hour only while it was updated at or after ``stale_before``
     (always, when None). One aggregate query for the chunk; only organizations it shows
-    incomplete are read in detail. An organization with no hourly row at all is never
-    caught up (first deployment).
+    incomplete are read in detail.
+
+    Which hours an organization owes: where the billable history answers for it
+    (:meth:`past.Spans.knows`), the hours of its intervals, and no other; elsewhere, the
+    hours since the first one sensormeter reported for it, if it is billable now
+    (``billable_now``; None: all are). An organization with neither is never caught up
+    (first deployment). The history is read for the incomplete organizations only.
     """
     if not organization_ids or not hours:
         return {}
@@ -122,18 +141,58 @@ def find_gaps(
             .group_by(org)
         )
     }
+    spans = past.spans(suspects, first, last)
     gaps: dict[datetime, list[str]] = defaultdict(list)
     for o in suspects:
-        if o in earlier:
-            floor = first
-        elif seen[o]:
-            floor = min(seen[o])  # the first hour sensormeter reported for it
-        else:
-            continue  # never reported: a first deployment does not bill history
+        floor: datetime | None = None
+        if billable_now is None or o in billable_now:
+            if o in earlier:
+                floor = first
+            elif seen[o]:
+                floor = min(seen[o])  # the first hour sensormeter reported for it
         for hour in hours:
-            if hour >= floor and not seen[o].get(hour):
+            if seen[o].get(hour):
+                continue
+            if spans.knows(o, hour):
+                owed = spans.billable(o, hour)
+            else:
+                # Never reported: a first deployment does not bill history.
+                owed = floor is not None and hour >= floor
+            if owed:
                 gaps[hour].append(o)
     return dict(gaps)
+
+
+def _chunks(
+    source: UsageSource,
+    settings: Settings,
+    first: datetime,
+    last: datetime,
+    organization_ids: Sequence[str] | None,
+) -> Iterator[tuple[list[str], set[str]]]:
+    """Chunks of organizations to search, each with those of them billable now.
+
+    The organizations billable now, then those the billable history has billable at some
+    hour of first..last that are not billable now (canceled since, say).
+    """
+    if organization_ids is not None:
+        if organization_ids:
+            yield list(organization_ids), set(source.billable_customers(list(organization_ids)))
+        return
+    for chunk in iter_billable_chunks(source, settings.chunk_size):
+        yield chunk, set(chunk)
+    after: str | None = None
+    while True:
+        chunk = history.organizations_between(first, last, after, settings.chunk_size)
+        if not chunk:
+            return
+        now = source.billable_customers(chunk)
+        gone = [o for o in chunk if o not in now]
+        if gone:
+            yield gone, set()
+        if len(chunk) < settings.chunk_size:
+            return
+        after = chunk[-1]
 
 
 def iter_gaps(
@@ -142,17 +201,19 @@ def iter_gaps(
     hours: Sequence[datetime],
     organization_ids: Sequence[str] | None = None,
 ) -> Iterator[tuple[str, list[str]]]:
-    """Yield (hour label, organizations) to report, chunk by chunk of billable organizations."""
-    if organization_ids is not None:
-        customers = source.billable_customers(list(organization_ids))
-        chunks: Iterator[list[str]] = iter(
-            [[o for o in organization_ids if o in customers]] if customers else []
-        )
-    else:
-        chunks = iter_billable_chunks(source, settings.chunk_size)
+    """Yield (hour label, organizations) to report, chunk by chunk.
+
+    The organizations billable now and those the billable history has billable in the
+    window (all of ``organization_ids``, when given); see :func:`find_gaps` for which hours
+    each one owes.
+    """
+    if not hours:
+        return
     stale_before = utcnow() - stale_after(settings)
-    for chunk in chunks:
-        gaps = find_gaps(settings.meter_event_name, chunk, hours, stale_before)
+    for chunk, billable_now in _chunks(source, settings, hours[0], hours[-1], organization_ids):
+        gaps = find_gaps(
+            settings.meter_event_name, chunk, hours, stale_before, billable_now=billable_now
+        )
         for hour in sorted(gaps):
             yield format_hour(hour), gaps[hour]
 

@@ -1,4 +1,7 @@
-"""The hourly fan-out: one report job per chunk of billable organizations, then a catch-up."""
+"""The hourly fan-out: one report job per chunk of billable organizations, then a catch-up.
+
+The fan-out of the current hour also records each chunk in the billable history.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import redis
 from rq import Queue
 
 from ..defaults import ENQUEUE_BATCH
-from ..hours import check_reportable_hour, format_hour, hour_start
+from ..hours import check_reportable_hour, format_hour, hour_start, parse_hour
+from ..ledger import history
 from ..logs import get_logger
 from ..models import utcnow
+from ..runtime import Runtime
 from ..settings import Settings
 from ..usage import iter_billable_chunks
 from .catchup import enqueue_catch_up
@@ -33,13 +38,17 @@ def report_all_sensor_counts(hour: str | None = None) -> dict[str, Any]:
 def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
     runtime = run.runtime
     settings = runtime.settings
-    label = hour if hour is not None else format_hour(hour_start(utcnow()))
-    check_reportable_hour(label, utcnow())  # before queueing anything
+    now = utcnow()
+    label = hour if hour is not None else format_hour(hour_start(now))
+    # Only the current hour is recorded in the billable history: who is billable now says
+    # nothing of who was at a past hour, so a past hour's report-all must not rewrite it.
+    current = check_reportable_hour(label, now) == hour_start(now)  # before queueing
+    recording = current
     queue = make_queue(settings, runtime.redis)
     organizations = chunks = 0
     stamp = label.replace(":", "")
     batch: list[Any] = []
-    db_seconds = 0.0
+    db_seconds = history_seconds = 0.0
     chunks_iter = iter_billable_chunks(runtime.source, settings.chunk_size)
     while True:
         reading = time.perf_counter()
@@ -47,6 +56,10 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
         db_seconds += time.perf_counter() - reading
         if chunk is None:
             break
+        if recording:
+            reading = time.perf_counter()
+            recording = _record(runtime, chunk, label)
+            history_seconds += time.perf_counter() - reading
         batch.append(
             Queue.prepare_data(
                 process_meter_report,
@@ -63,7 +76,15 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
             enqueue_batch(queue, batch)
             batch.clear()
     enqueue_batch(queue, batch)
+    if recording:
+        # Every chunk is recorded: the hour counts as one the fleet was recorded at (an
+        # organization missing from it was not billable then; see ledger/history.py).
+        try:
+            history.mark_run(runtime.database, parse_hour(label))
+        except Exception:  # noqa: BLE001 (the chunk jobs are queued: a retry would double them)
+            log.exception("history.record_failed", hour=label, organizations=0)
     db_seconds = round(db_seconds, 4)
+    history_seconds = round(history_seconds, 4)
     catchup_job = None
     if hour is None:
         # Every hourly tick also looks back for hours left without a delivered report.
@@ -76,6 +97,7 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
         organizations=organizations,
         chunks=chunks,
         db_seconds=db_seconds,
+        history_seconds=history_seconds if current else None,
         catchup_job=catchup_job,
     )
     return {
@@ -83,7 +105,29 @@ def _fan_out(run: JobRun, hour: str | None) -> dict[str, Any]:
         "organizations": organizations,
         "chunks": chunks,
         "db_seconds": db_seconds,
+        "history_seconds": history_seconds if current else None,
     }
+
+
+def _record(runtime: Runtime, chunk: list[str], label: str) -> bool:
+    """Record the chunk's billable organizations and their customers at the hour.
+
+    Returns False when that failed: the reports matter more than their history, so the
+    fan-out goes on queueing them, records no more chunks and does not mark the hour
+    (the next complete run bridges it; see ledger/history.py).
+    """
+    try:
+        customers = runtime.source.billable_customers(chunk)
+        history.record(
+            runtime.database,
+            customers,
+            parse_hour(label),
+            bridge_hours=runtime.settings.catchup_hours,
+        )
+    except Exception:  # noqa: BLE001 (logged with its traceback; the hour stays unmarked)
+        log.exception("history.record_failed", hour=label, organizations=len(chunk))
+        return False
+    return True
 
 
 def enqueue_fanout(settings: Settings, connection: redis.Redis, hour: str | None = None) -> str:

@@ -17,6 +17,7 @@ from ..logs import get_logger
 from ..settings import Settings
 from .catchup import enqueue_catch_up
 from .fanout import report_all_sensor_counts
+from .held import recount_held_reports
 from .period_close import close_periods
 from .queue import JSONJob
 from .recovery import sweep_stale_reports
@@ -221,16 +222,43 @@ def register_close_job(scheduler: Scheduler, queue_name: str | None = None) -> J
     )
 
 
+HELD_CRON = "* * * * *"
+
+
+def held_job_id(queue_name: str) -> str:
+    """The fixed id of the held-report recount for a queue."""
+    return f"sensormeter-held-{queue_name}"
+
+
+def register_held_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
+    """Every minute, recount and send the reports the anomaly guard held; safe on every start."""
+    queue_name = queue_name or scheduler.queue_name
+    return _register(
+        scheduler,
+        held_job_id(queue_name),
+        HELD_CRON,
+        recount_held_reports,
+        queue_name,
+        "every minute: recount the reports the anomaly guard held, and send them",
+    )
+
+
 def register_all(scheduler: Scheduler, queue_name: str) -> None:
-    """Register the hourly fan-out, the stale-pending sweep and the period-close check."""
+    """Register the hourly fan-out, the sweep, the period-close check and the held recount."""
     register_hourly_job(scheduler, queue_name)
     register_sweep_job(scheduler, queue_name)
     register_close_job(scheduler, queue_name)
+    register_held_job(scheduler, queue_name)
 
 
 def unregister_all(scheduler: Scheduler, queue_name: str) -> None:
-    """Cancel the three registrations of ``queue_name`` and delete their job hashes."""
-    for job_id in (hourly_job_id(queue_name), sweep_job_id(queue_name), close_job_id(queue_name)):
+    """Cancel the registrations of ``queue_name`` and delete their job hashes."""
+    for job_id in (
+        hourly_job_id(queue_name),
+        sweep_job_id(queue_name),
+        close_job_id(queue_name),
+        held_job_id(queue_name),
+    ):
         scheduler.cancel(job_id)
         # cancel() only takes the id out of the schedule; the job's hash has no TTL.
         scheduler.connection.delete(Job.key_for(job_id))

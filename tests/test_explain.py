@@ -11,6 +11,7 @@ import pytest
 
 from sensormeter import ledger
 from sensormeter.hours import format_hour, hour_start
+from sensormeter.ledger import history
 from sensormeter.ledger.explanation import Context, explain
 from sensormeter.models import BillableInterval, MeterReport, Quarantine, utcnow
 from sensormeter.settings import Settings
@@ -266,6 +267,25 @@ class TestExplain:
         )
         assert facts["billable_now"] is True
         assert [line["state"] for line in facts["hours"]] == ["catchup", "catchup"]
+
+    def test_an_hour_the_hourly_run_recorded_without_it_is_not_billable_then(
+        self, settings: Settings, database: peewee.Database
+    ) -> None:
+        """A complete hourly run recorded every organization billable at its hour: one it did
+        not find (never billable, or not yet) was not billable then, not 'unknown'."""
+        c = hour_start(utcnow())
+        make_org("late", active=3)
+        history.mark_run(database, c - 5 * H)
+        history.mark_run(database, c - 4 * H)
+        interval("late", c - 4 * H, c - 4 * H)
+        report("late", c - 4 * H, MeterReport.SENT, 3)
+        facts = run(
+            settings, "late", "--since", format_hour(c - 6 * H), "--until", format_hour(c - 4 * H)
+        )
+        states = [line["state"] for line in facts["hours"]]
+        assert states == ["before_history", "not_billable", "sent"]
+        assert "the hourly run of" in facts["hours"][1]["text"]
+        assert "did not find it billable" in facts["hours"][1]["text"]
 
     @sqlite_only
     def test_bad_hours_are_one_error_line(

@@ -22,6 +22,7 @@ import peewee
 from ..defaults import MAX_PAST_HOURS
 from ..hours import format_hour, hour_start
 from ..models import BillableInterval, MeterReport, Quarantine
+from .history import RUNS
 from .sentences import (
     Reported,
     day_hour,
@@ -169,21 +170,32 @@ def read_rows(
     return rows
 
 
-def read_history(database: peewee.Database, organization_id: str) -> list[Interval]:
-    """The organization's billable intervals, oldest first (one query)."""
+def read_history(
+    database: peewee.Database, organization_id: str, first: datetime, last: datetime
+) -> tuple[list[Interval], list[Interval]]:
+    """The organization's billable intervals, and the hours complete hourly runs recorded in
+    first..last (one query; oldest first)."""
+    runs = (
+        (BillableInterval.organization_id == RUNS)
+        & (BillableInterval.last_hour >= first)
+        & (BillableInterval.first_hour <= last)
+    )
     query = (
         BillableInterval.select(
+            BillableInterval.organization_id,
             BillableInterval.stripe_customer_id,
             BillableInterval.first_hour,
             BillableInterval.last_hour,
         )
-        .where(BillableInterval.organization_id == organization_id)
+        .where((BillableInterval.organization_id == organization_id) | runs)
         .order_by(BillableInterval.first_hour)
     )
-    return [
-        Interval(str(customer), naive(a) or datetime.min, naive(b) or datetime.min)
-        for customer, a, b in query.tuples().execute(database)
-    ]
+    mine: list[Interval] = []
+    recorded: list[Interval] = []
+    for org, customer, a, b in query.tuples().execute(database):
+        interval = Interval(str(customer), naive(a) or datetime.min, naive(b) or datetime.min)
+        (recorded if org == RUNS else mine).append(interval)
+    return mine, recorded
 
 
 def read_quarantines(
@@ -221,7 +233,7 @@ def explain(
 ) -> Explanation:
     """Explain each hour from ``first`` to ``last`` (both included) for one organization."""
     rows = read_rows(database, organization_id, first, last)
-    history = read_history(database, organization_id)
+    history, runs = read_history(database, organization_id, first, last)
     customers = sorted({r.customer for _, r in rows} | {i.customer for i in history})
     quarantines = read_quarantines(database, customers, context.event_name)
     hourly: dict[datetime, Reported] = {}
@@ -241,7 +253,7 @@ def explain(
             if state == MeterReport.FAILED:
                 text += _resend(hour, context, organization_id)
         else:
-            state, text = _why_nothing(hour, history, quarantines, context, organization_id)
+            state, text = _why_nothing(hour, history, runs, quarantines, context, organization_id)
         extra = others.get(hour, [])
         notes = [describe_other(o, quarantines, organization_id) for o in extra]
         lines.append(HourLine(hour, state, text, found, extra, notes))
@@ -267,6 +279,7 @@ def _covering(history: Sequence[Interval], hour: datetime) -> Interval | None:
 def _why_nothing(
     hour: datetime,
     history: Sequence[Interval],
+    runs: Sequence[Interval],
     quarantines: Sequence[Quarantine],
     context: Context,
     organization_id: str,
@@ -274,11 +287,23 @@ def _why_nothing(
     """Why an hour has no hourly report: not billable then, or billable and not sent (yet)."""
     interval = _covering(history, hour)
     known_until = history[-1].last_hour if history else None
+    if interval is None and _covering(runs, hour) is not None:
+        # The hour's complete hourly run recorded every organization billable then, and
+        # this one was not among them.
+        now = f"; now: {context.not_billable_now}" if context.not_billable_now else ""
+        return NOT_BILLABLE, (
+            f"nothing: not billable then (the hourly run of {day_hour(hour)} did not find it "
+            f"billable{now})"
+        )
     if interval is None:
         if known_until is not None and hour > known_until and context.not_billable_now is None:
             customer = history[-1].customer  # billable now: the history lags the hourly run
         elif not history or hour < history[0].first_hour:
-            start = f"it starts {day_hour(history[0].first_hour)}" if history else "it is empty"
+            start = (
+                f"it starts {day_hour(history[0].first_hour)}"
+                if history
+                else "no hourly run has found it billable so far"
+            )
             return BEFORE_HISTORY, (
                 f"nothing: the billable history has no record of this organization then ({start})"
             )

@@ -379,7 +379,11 @@ class Reporter:
         for gate in self.gates:
             if not to_send:
                 break
-            kept = gate.keep_back(database, [row for _, row in to_send])
+            try:
+                kept = gate.keep_back(database, [row for _, row in to_send])
+            except Exception:  # noqa: BLE001 (a broken gate must not stop billing: as before it)
+                log.exception("gate.keep_back_failed", gate=type(gate).__name__, job_id=job_id)
+                continue
             if not kept:
                 continue
             events = {ledger.event_key(row) for _, row in to_send if row.id in kept}

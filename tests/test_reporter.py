@@ -220,3 +220,34 @@ def test_hours_outside_stripes_window_are_refused() -> None:
     with pytest.raises(ValueError, match="35-day"):
         check_reportable_hour(format_hour(now - timedelta(days=36)), now)
     assert check_reportable_hour(format_hour(now), now) == hour_start(now)
+
+
+class _BrokenGate:
+    """A gate whose every question fails (a bug, or its table unreadable)."""
+
+    def keep_back(self, database: object, rows: object) -> dict[int, object]:
+        raise RuntimeError("the gate is broken")
+
+    def observe(self, database: object, rows: object, answers: object) -> None:
+        raise RuntimeError("the gate is broken")
+
+
+def test_a_broken_gate_costs_only_itself(
+    database: peewee.Database, meter: InMemoryMeterClient
+) -> None:
+    """A gate that raises keeps nothing back and learns nothing: the reports go out as they
+    would without it, each hour once with its count, and the failure is logged."""
+    from sensormeter.logs import capture_logs
+
+    make_org("a", active=4)
+    src = DatabaseUsageSource(database, Settings().billable_status_values)
+    broken = Reporter(src, meter, "active_sensors", gates=[_BrokenGate()])  # type: ignore[list-item]
+    with capture_logs() as logs:
+        result = broken.run(database, ["a"], Report.hourly(HOUR))
+    assert result.statuses == {"a": "sent"}
+    [event] = meter.events
+    assert (event.customer, event.value) == ("cus_a", 4)
+    assert event.identifier == ledger.hourly_identifier("a", "active_sensors", parse_hour(HOUR))
+    assert (row("a").status, row("a").value) == ("sent", 4)
+    events = {entry["event"] for entry in logs}
+    assert {"gate.keep_back_failed", "gate.observe_failed"} <= events

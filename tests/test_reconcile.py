@@ -97,7 +97,7 @@ class TestCompare:
         assert mismatch.organization_id == "acme"  # the customer's organization in the ledger
         assert result.hours == 2
 
-    @pytest.mark.parametrize("status", ["pending", "failed", "rejected"])
+    @pytest.mark.parametrize("status", ["pending", "failed", "rejected", "held", "quarantined"])
     def test_undelivered_row_is_not_delivered_and_not_expected(self, status: str) -> None:
         """A row not sent is listed as not_delivered; the hour still expects the sent row."""
         rows = [entry(1, H, 3), entry(2, H + timedelta(minutes=30), 9, status=status)]
@@ -108,6 +108,11 @@ class TestCompare:
             9,
         )
         assert (mismatch.identifier, mismatch.stripe_value) == ("id-2", 3.0)
+
+    def test_superseded_row_is_not_listed(self) -> None:
+        """A superseded row is never to be sent (a newer report went out instead): no line."""
+        rows = [entry(1, H, 3, status="superseded"), entry(2, H + timedelta(minutes=30), 9)]
+        assert compare(rows, [stripe(H, 9)]).mismatches == []
 
     def test_last_means_latest_timestamp_not_latest_row(self) -> None:
         """The expected value is the row measured last in the hour, not the row written last."""

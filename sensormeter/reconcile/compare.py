@@ -117,9 +117,11 @@ def compare(entries: Iterable[LedgerEntry], summaries: Iterable[StripeHour]) -> 
     hour (hourly and on-demand rows alike; a tie goes to the higher id): a shared customer's
     parts go out in one event whose value is their sum. Several delivered events at that same
     latest second are a ``same_timestamp`` mismatch: which of them Stripe bills is not
-    documented. Rows still pending, failed or rejected are listed as ``not_delivered``,
-    whatever Stripe holds for their hour. A Stripe value for an hour without a sent row, even
-    0, is ``unexpected_in_stripe``: under `last`, a stray 0 late in a period bills nothing.
+    documented. Rows still pending, failed, rejected, held or quarantined are listed as
+    ``not_delivered``, whatever Stripe holds for their hour; a superseded row is not (it is
+    never to be sent: a newer report of its customer was delivered instead). A Stripe value
+    for an hour without a sent row, even 0, is ``unexpected_in_stripe``: under `last`, a
+    stray 0 late in a period bills nothing.
     """
     rows = list(entries)
     latest: dict[tuple[str, datetime], LedgerEntry] = {}
@@ -175,7 +177,7 @@ def compare(entries: Iterable[LedgerEntry], summaries: Iterable[StripeHour]) -> 
         org = ",".join(sorted(organizations.get(customer, ()))) or "-"
         mismatches.append(Mismatch(UNEXPECTED_IN_STRIPE, org, customer, hour, stripe_value=value))
     for row in rows:
-        if row.status == MeterReport.SENT:
+        if row.status in (MeterReport.SENT, MeterReport.SUPERSEDED):
             continue
         hour = hour_start(row.measured_at)
         mismatches.append(

@@ -84,6 +84,15 @@ def ensure_pg_database(url: str) -> None:
     conn.close()
 
 
+def copy_in(cursor: Any, statement: str, data: str) -> None:
+    """COPY ``data`` in, with psycopg 3 or psycopg2 (whichever the database was opened with)."""
+    if hasattr(cursor, "copy_expert"):
+        cursor.copy_expert(statement, io.StringIO(data))
+        return
+    with cursor.copy(statement) as copy:
+        copy.write(data)
+
+
 def seed(database_url: str, orgs: int) -> float:
     """Recreate the tables and insert ``orgs`` billable organizations with their sensors."""
     started = time.perf_counter()
@@ -98,20 +107,23 @@ def seed(database_url: str, orgs: int) -> float:
         if postgres:
             with db.atomic():
                 cur = db.connection().cursor()
-                cur.copy_expert(
+                copy_in(
+                    cur,
                     "COPY organizations (id, name) FROM STDIN",
-                    io.StringIO("".join(f"{o}\t{o}\n" for o in ids)),
+                    "".join(f"{o}\t{o}\n" for o in ids),
                 )
-                cur.copy_expert(
+                copy_in(
+                    cur,
                     "COPY subscriptions (organization_id, stripe_customer_id, status) FROM STDIN",
-                    io.StringIO("".join(f"{o}\tcus_{o}\tactive\n" for o in ids)),
+                    "".join(f"{o}\tcus_{o}\tactive\n" for o in ids),
                 )
                 rows = io.StringIO()
                 for n, o in enumerate(ids, start=lo):
                     rows.write(f"{o}\tt\t{now}\n" * sensors_of(n))
-                rows.seek(0)
-                cur.copy_expert(
-                    "COPY sensors (organization_id, is_active, created_at) FROM STDIN", rows
+                copy_in(
+                    cur,
+                    "COPY sensors (organization_id, is_active, created_at) FROM STDIN",
+                    rows.getvalue(),
                 )
         else:
             with db.atomic():
@@ -155,11 +167,32 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (from /proc)."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of a live process (from /proc), with its reaped children's."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:  # PostgreSQL's backends exit with their connection; the postmaster reaps them
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu() -> dict[str, float]:
+    """CPU seconds so far of the PostgreSQL and Redis server processes on this machine."""
+    totals = {"postgres": 0.0, "redis": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                name = comm.read().strip()
+            if name.startswith("postgres"):
+                totals["postgres"] += cpu_seconds(int(entry), reaped=True)
+            elif name.startswith("redis-server"):
+                totals["redis"] += cpu_seconds(int(entry))
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # a backend that exited meanwhile
+    return totals
 
 
 def children_cpu() -> float:
@@ -207,8 +240,13 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=float, default=1000.0, help="emulator events/s")
     parser.add_argument("--latency", type=float, default=0.03, help="emulator seconds/request")
     parser.add_argument("--workers", type=int, default=5)
-    parser.add_argument("--chunk-size", type=int, default=1000)
-    parser.add_argument("--max-in-flight", type=int, default=16)
+    parser.add_argument("--chunk-size", type=int, help="default: the settings' default")
+    parser.add_argument("--max-in-flight", type=int, help="default: the settings' default")
+    parser.add_argument(
+        "--client-rate-limit",
+        type=float,
+        help="SENSORMETER_RATE_LIMIT; default none (the adaptive limit, as a user gets it)",
+    )
     parser.add_argument("--per-org-sample", type=int, default=2000, help="0 skips that mode")
     parser.add_argument("--skip-seed", action="store_true")
     args = parser.parse_args()
@@ -218,6 +256,11 @@ def main() -> None:
     connection = redis.Redis.from_url(args.redis)
     connection.flushdb()
     emulator, base = start_emulator(args.rate_limit, args.latency)
+    tuning: dict[str, Any] = {
+        "chunk_size": args.chunk_size,
+        "max_in_flight": args.max_in_flight,
+        "rate_limit": args.client_rate_limit,
+    }
     settings = Settings(
         redis_url=args.redis,
         database_url=args.database,
@@ -225,13 +268,11 @@ def main() -> None:
         stripe_api_base=base,
         queue_name="sensormeter-bench",
         transport=args.transport,
-        chunk_size=args.chunk_size,
-        max_in_flight=args.max_in_flight,
-        # Stay just under the emulator's ceiling; its 429s are still retried.
-        rate_limit=args.rate_limit * 0.97,
+        **{k: v for k, v in tuning.items() if v is not None},
     )
     try:
         report: dict[str, Any] = {"orgs": args.orgs, "transport": args.transport}
+        report.update(chunk_size=settings.chunk_size, max_in_flight=settings.max_in_flight)
         report["database"] = "sqlite" if args.database.startswith("sqlite") else "postgresql"
         if not args.skip_seed:
             report["seed_seconds"] = round(seed(args.database, args.orgs), 1)
@@ -241,12 +282,14 @@ def main() -> None:
         db.close()
 
         emulator_cpu, workers_cpu = cpu_seconds(emulator.pid), children_cpu()
+        services = service_cpu()
         started = time.perf_counter()
         enqueue_fanout(settings, connection)
         run_workers(settings, args.workers)
         batched = time.perf_counter() - started
         emulator_cpu = cpu_seconds(emulator.pid) - emulator_cpu
         workers_cpu = children_cpu() - workers_cpu
+        services = {k: v - services[k] for k, v in service_cpu().items()}
         results = job_results(settings, connection)
         fanout = next(r for r in results if "chunks" in r)
         chunks = [r for r in results if "send_seconds" in r]
@@ -267,6 +310,15 @@ def main() -> None:
             emulator_cpu_seconds=round(emulator_cpu, 1),
             cpu_ms_per_org_workers=round(workers_cpu / args.orgs * 1000, 3),
             cpu_ms_per_org_emulator=round(emulator_cpu / args.orgs * 1000, 3),
+            postgres_cpu_seconds=round(services["postgres"], 1),
+            redis_cpu_seconds=round(services["redis"], 1),
+            cpu_ms_per_org_postgres=round(services["postgres"] / args.orgs * 1000, 3),
+            cpu_ms_per_org_redis=round(services["redis"] / args.orgs * 1000, 3),
+            cpu_busy_share=round(
+                (workers_cpu + emulator_cpu + sum(services.values()))
+                / (batched * (os.cpu_count() or 1)),
+                3,
+            ),
         )
 
         if args.per_org_sample:

@@ -11,6 +11,11 @@ MAX_IDENTIFIER = 100  # characters in a meter event identifier
 # The oldest hour a report may stand for: Stripe accepts events up to 35 days old; an hour
 # is kept as margin for a job that runs late. Also the largest catch-up window.
 MAX_PAST_HOURS = 35 * 24 - 1
+# The shortest ledger retention: Stripe's 35 days (no report older can be sent, and catch-up,
+# backfill, the period-close late check and quarantine releases all look back within them),
+# a 72-hour invoice grace, and margin. Default 400 days: 13 months of disputes and audits.
+MIN_RETENTION_DAYS = 40
+DEFAULT_RETENTION_DAYS = 400
 STREAM_BATCH_SIZE = 100  # events per v2 meter event stream request (Stripe's maximum)
 SUMMARY_PAGE_SIZE = 100  # meter event summaries per list request (Stripe's maximum)
 

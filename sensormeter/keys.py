@@ -46,6 +46,16 @@ def unbilled_survey_key(queue_name: str) -> str:
     return f"{PREFIX}:{queue_name}:unbilled"
 
 
+def retention_lock_key(queue_name: str) -> str:
+    """String: a ledger prune is running (its token), so a second one waits for the next run."""
+    return f"{PREFIX}:{queue_name}:retention-lock"
+
+
+def retention_last_key(queue_name: str) -> str:
+    """String (JSON): what the last ledger prune removed, when, and in how long."""
+    return f"{PREFIX}:{queue_name}:retention-last"
+
+
 KEY_PREFIX = f"{PREFIX}:ratelimit"
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from .defaults import MAX_PAST_HOURS
+from .defaults import DEFAULT_RETENTION_DAYS, MAX_PAST_HOURS, MIN_RETENTION_DAYS
 from .errors import ConfigurationError, shown
 
 SUBSCRIPTION_STATUSES = frozenset(
@@ -113,6 +113,9 @@ class Settings:
     guard_min_count: int = 10
     guard_factor: float = 10.0
     guard_recount_minutes: int = 10
+    # How many days of ledger rows (and billable history) the hourly prune keeps; 0 keeps
+    # everything (sensormeter/ledger/retention.py, docs/operations.md "Ledger retention").
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -237,6 +240,11 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _days_or_off(raw: str) -> int:
+    # 'off' (or 0) keeps the whole ledger; anything else is a number of days.
+    return 0 if raw.lower() == "off" else _integer(raw)
+
+
 def _switch(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("on", "true", "yes", "1"):
@@ -278,6 +286,7 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_GUARD_MIN_COUNT": ("guard_min_count", _integer),
     "SENSORMETER_GUARD_FACTOR": ("guard_factor", _number),
     "SENSORMETER_GUARD_RECOUNT_MINUTES": ("guard_recount_minutes", _integer),
+    "SENSORMETER_RETENTION_DAYS": ("retention_days", _days_or_off),
 }
 _ATTRIBUTE_TO_VARIABLE = {attribute: variable for variable, (attribute, _) in VARIABLES.items()}
 
@@ -382,6 +391,13 @@ def _validate(s: Settings) -> None:
     if s.stripe_webhook_secret is not None and not s.stripe_webhook_secret.startswith("whsec_"):
         fail("stripe_webhook_secret", "must be the endpoint's signing secret, whsec_...")
     _validate_guard(s, fail)
+    if s.retention_days != 0 and not MIN_RETENTION_DAYS <= s.retention_days <= 36_500:
+        fail(
+            "retention_days",
+            f"{s.retention_days} is out of range ({MIN_RETENTION_DAYS} to 36500 days, or 0/off "
+            f"to keep everything): Stripe accepts reports up to 35 days old, and catch-up, "
+            f"backfill and the period-close check look back that far",
+        )
     if not 10 <= s.job_timeout_seconds <= 3600:
         fail("job_timeout_seconds", f"{s.job_timeout_seconds} is out of range (10 to 3600)")
     if not 0 <= s.shutdown_grace_seconds <= 25:

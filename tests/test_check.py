@@ -189,7 +189,13 @@ class TestStatus:
         assert facts["queue"] == {"name": TEST_QUEUE, "queued": 0, "waiting_for_retry": 0}
         hourly = datetime.fromisoformat(facts["schedule"]["hourly"])
         assert f"next hourly run: {hourly}" in lines
-        assert set(facts["schedule"]) == {"hourly", "sweep", "period_close", "held_recount"}
+        assert set(facts["schedule"]) == {
+            "hourly",
+            "sweep",
+            "period_close",
+            "held_recount",
+            "retention",
+        }
         assert all(facts["schedule"].values())
         [problem] = facts["problem_reports"]
         assert f"  failed: acme {problem['identifier']}: None" in lines

@@ -26,7 +26,13 @@ from ..hours import hour_start
 from ..models import MeterReport, open_database
 from ..settings import Settings
 from ..tasks.queue import make_queue
-from ..tasks.schedule import close_job_id, held_job_id, hourly_job_id, sweep_job_id
+from ..tasks.schedule import (
+    close_job_id,
+    held_job_id,
+    hourly_job_id,
+    retention_job_id,
+    sweep_job_id,
+)
 
 UNSENT = (MeterReport.PENDING, MeterReport.FAILED)  # waiting to be delivered
 # Every status but sent (the rare ones, counted through the status index).
@@ -37,6 +43,7 @@ SCHEDULED_JOBS = {
     "sweep": sweep_job_id,
     "period_close": close_job_id,
     "held_recount": held_job_id,
+    "retention": retention_job_id,
 }
 QUEUE_STATES = ("queued", "started", "scheduled", "failed")
 

@@ -13,6 +13,7 @@ import redis
 from rq.job import Job
 from rq_scheduler import Scheduler
 
+from ..ledger.retention import RUN_SECONDS
 from ..logs import get_logger
 from ..settings import Settings
 from .catchup import enqueue_catch_up
@@ -21,6 +22,7 @@ from .held import recount_held_reports
 from .period_close import close_periods
 from .queue import JSONJob
 from .recovery import sweep_stale_reports
+from .retention import prune_ledger
 
 log = get_logger(__name__)
 
@@ -132,7 +134,13 @@ def hourly_job_id(queue_name: str) -> str:
 
 
 def _register(
-    scheduler: Scheduler, job_id: str, cron: str, func: Any, queue_name: str, description: str
+    scheduler: Scheduler,
+    job_id: str,
+    cron: str,
+    func: Any,
+    queue_name: str,
+    description: str,
+    timeout: int = 600,
 ) -> Job:
     """Schedule ``func`` under a fixed id, cancelling an earlier registration first."""
     if job_id in scheduler:
@@ -143,7 +151,7 @@ def _register(
         id=job_id,
         queue_name=queue_name,
         result_ttl=3600,
-        timeout=600,
+        timeout=timeout,
         use_local_timezone=False,
         description=description,
     )
@@ -243,12 +251,38 @@ def register_held_job(scheduler: Scheduler, queue_name: str | None = None) -> Jo
     )
 
 
+# Minute 30: away from the fan-out and its reports at the top of the hour.
+RETENTION_CRON = "30 * * * *"
+
+
+def retention_job_id(queue_name: str) -> str:
+    """The fixed id of the ledger prune for a queue."""
+    return f"sensormeter-retention-{queue_name}"
+
+
+def register_retention_job(scheduler: Scheduler, queue_name: str | None = None) -> Job:
+    """Every hour at minute 30 UTC, remove what is older than the retention; safe on every start."""
+    queue_name = queue_name or scheduler.queue_name
+    return _register(
+        scheduler,
+        retention_job_id(queue_name),
+        RETENTION_CRON,
+        prune_ledger,
+        queue_name,
+        "hourly: remove ledger rows older than SENSORMETER_RETENTION_DAYS",
+        # Its budget, then the batch under way and the daily history prune.
+        timeout=int(RUN_SECONDS) + 600,
+    )
+
+
 def register_all(scheduler: Scheduler, queue_name: str) -> None:
-    """Register the hourly fan-out, the sweep, the period-close check and the held recount."""
+    """Register the hourly fan-out, the sweep, the period-close check, the held recount and
+    the ledger prune."""
     register_hourly_job(scheduler, queue_name)
     register_sweep_job(scheduler, queue_name)
     register_close_job(scheduler, queue_name)
     register_held_job(scheduler, queue_name)
+    register_retention_job(scheduler, queue_name)
 
 
 def unregister_all(scheduler: Scheduler, queue_name: str) -> None:
@@ -258,6 +292,7 @@ def unregister_all(scheduler: Scheduler, queue_name: str) -> None:
         sweep_job_id(queue_name),
         close_job_id(queue_name),
         held_job_id(queue_name),
+        retention_job_id(queue_name),
     ):
         scheduler.cancel(job_id)
         # cancel() only takes the id out of the schedule; the job's hash has no TTL.

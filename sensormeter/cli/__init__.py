@@ -22,6 +22,7 @@ from .common import (
 from .explain import explain
 from .held import held
 from .ops import check, metrics
+from .prune import prune
 from .quarantine import quarantine
 from .repair import backfill, reconcile, retry_failed
 from .schema import init_db, migrate
@@ -184,6 +185,7 @@ for command in (
     unbilled,
     explain,
     whatif,
+    prune,
 ):
     main.add_command(command)
 

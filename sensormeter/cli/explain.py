@@ -37,12 +37,14 @@ def explain(organization_id: str, since: str | None, until: str | None, as_json:
     Each UTC hour shows the hourly report (sensors, when sent, Stripe's request id,
     identifier) or why there is none: not billable then, held by the guard, customer
     quarantined, not reported yet and whether catch-up will reach it, beyond Stripe's
-    35 days. On-demand and period-close reports follow the hour they were stamped in.
+    35 days, or before the hours the ledger keeps (SENSORMETER_RETENTION_DAYS). On-demand
+    and period-close reports follow the hour they were stamped in.
     """
     from ..hours import format_hour, hour_start
     from ..ledger import validate_organization_id
     from ..ledger.explanation import Context
     from ..ledger.explanation import explain as explain_hours
+    from ..ledger.retention import Reach
     from ..migrations import check_schema
     from ..models import open_database, utcnow
     from ..tasks.catchup import catchup_window
@@ -77,6 +79,7 @@ def explain(organization_id: str, since: str | None, until: str | None, as_json:
             catchup=(window[0], window[-1]) if window else None,
             catchup_hours=settings.catchup_hours,
             not_billable_now=reason,
+            reach=Reach.at(settings.retention_days, now),
         )
         found = explain_hours(database, organization_id, first, last, context)
     finally:
@@ -86,6 +89,8 @@ def explain(organization_id: str, since: str | None, until: str | None, as_json:
         return
     now_text = "billable now" if reason is None else f"not billable now: {reason}"
     click.echo(f"{organization_id}, {format_hour(first)} to {format_hour(last)} UTC ({now_text})")
+    if found.notice is not None:
+        click.echo(f"note: {found.notice}")
     day = None
     for line in found.lines:
         if line.hour.date() != day:

@@ -19,21 +19,31 @@ from .common import BadArgument, connect_redis, fail, friendly_errors, load_sett
 @click.option("--org", default=None, help="Only this organization (its customer from the ledger).")
 @friendly_errors
 def reconcile(since: str | None, until: str | None, org: str | None) -> None:
-    """Compare the ledger with Stripe's hourly meter summaries; exit 1 on any mismatch."""
+    """Compare the ledger with Stripe's hourly meter summaries; exit 1 on any mismatch.
+
+    Hours before the first one the ledger keeps (SENSORMETER_RETENTION_DAYS) are not
+    compared, and a note says so.
+    """
     from ..hours import format_hour
     from ..ledger import validate_organization_id
+    from ..ledger.retention import notice
     from ..models import open_database, utcnow
     from ..reconcile import HOUR, window
     from ..reconcile import reconcile as run_reconcile
 
-    start, end = window(since, until, utcnow())
+    now = utcnow()
+    start, end = window(since, until, now)
     if org is not None:
         validate_organization_id(org)
     settings = load_settings()
     open_database(settings.database_url, create=False)
-    result = run_reconcile(settings, start, end, org)
+    result = run_reconcile(settings, start, end, org, now)
     for mismatch in result.mismatches:
         click.echo(mismatch.describe())
+    if result.compared_from is not None:
+        kept = notice(settings.retention_days, result.compared_from)
+        click.echo(f"note: {kept}; those hours were not compared")
+        start = result.compared_from
     click.echo(
         f"reconcile {format_hour(start)}..{format_hour(end - HOUR)} UTC: "
         f"{result.customers} customer(s) checked, {result.hours} hour(s) compared, "

@@ -80,6 +80,7 @@ def status(as_json: bool) -> None:
     facts["shared_customers"] = _shared_customers(source)
     facts["late_closes"] = _late_closes(settings, limit=20)
     facts["held"] = _held()
+    facts["retention"] = _retention(settings, connection)
     problems = find_problems(settings, database, connection, source, utcnow())
     facts["problems"] = [problem.as_dict() for problem in problems]
     if as_json:
@@ -151,10 +152,36 @@ def _echo_text(facts: dict[str, Any]) -> None:
             f"held by the anomaly guard: {held['count']} report(s), {held['period_close']} of "
             "them closing a period (see 'sensormeter held')"
         )
+    _echo_retention(facts["retention"])
     codes = list(dict.fromkeys(problem["code"] for problem in facts["problems"]))
     click.echo(
         f"problems: {', '.join(codes)} (see 'sensormeter check')" if codes else "problems: none"
     )
+
+
+def _retention(settings: Settings, connection: Any) -> dict[str, Any]:
+    """How long the ledger keeps reports, and what the last prune did (kept in Redis)."""
+    from ..tasks.retention import last_prune
+
+    return {
+        "days": settings.retention_days,
+        "last_prune": last_prune(connection, settings.queue_name),
+    }
+
+
+def _echo_retention(facts: dict[str, Any]) -> None:
+    """One line: the retention, and the last prune's figures."""
+    if not facts["days"]:
+        click.echo("ledger retention: off (the ledger keeps everything)")
+        return
+    last = facts["last_prune"]
+    done = (
+        "no prune has run yet"
+        if last is None
+        else f"last prune {last['at']}: removed {last['reports']} report(s) in "
+        f"{last['seconds']} s" + ("" if last["complete"] else " (more to remove)")
+    )
+    click.echo(f"ledger retention: {facts['days']} days; {done}")
 
 
 def _stale_pending(settings: Settings, limit: int) -> dict[str, Any]:

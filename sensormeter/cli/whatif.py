@@ -47,13 +47,15 @@ def whatif(since: str, until: str, org: str | None, form: str, plot: str | None)
     From the delivered reports of the UTC days --since to --until (both whole): 'last' is the
     value of the latest delivered report (any kind); max, mean and device_hours (the sum of
     the hourly counts) are over the delivered hourly reports. A final TOTAL row sums last,
-    max and device_hours.
+    max and device_hours. A range reaching back before the hours the ledger keeps
+    (SENSORMETER_RETENTION_DAYS) says so: its figures cover the kept hours only.
     """
     from ..hours import format_hour
     from ..ledger import validate_organization_id
+    from ..ledger.retention import Reach
     from ..ledger.whatif import COLUMNS, hourly_counts, total, what_if
     from ..migrations import check_schema
-    from ..models import open_database
+    from ..models import open_database, utcnow
 
     start, end = _day(since, "--since"), _day(until, "--until") + DAY
     if start >= end:
@@ -68,6 +70,8 @@ def whatif(since: str, until: str, org: str | None, form: str, plot: str | None)
         require_matplotlib()  # before reading anything: no figures, then an error
     settings = load_settings()
     event = settings.meter_event_name
+    reach = Reach.at(settings.retention_days, utcnow())
+    notice = reach.notice(start)
     database = open_database(settings.database_url, create=False)
     try:
         check_schema(database)
@@ -82,14 +86,19 @@ def whatif(since: str, until: str, org: str | None, form: str, plot: str | None)
         writer.writerow(COLUMNS)
         writer.writerows([_cell(row[c]) for c in COLUMNS] for row in rows)
         click.echo(out.getvalue(), nl=False)
+        if notice is not None:
+            click.echo(f"note: {notice}; the figures cover the kept hours only", err=True)
     elif form == "json":
         window = {"since": format_hour(start), "until": format_hour(end - timedelta(hours=1))}
-        click.echo(json.dumps({**window, "event_name": event, "rows": rows}, indent=2))
+        facts = {**window, **reach.as_dict(start), "event_name": event, "rows": rows}
+        click.echo(json.dumps(facts, indent=2))
     else:
         click.echo(
             f"delivered reports of {event}, {start:%Y-%m-%d} to {end - DAY:%Y-%m-%d} UTC "
             f"({len(figures)} organization(s))"
         )
+        if notice is not None:
+            click.echo(f"note: {notice}; the figures cover the kept hours only")
         width = max([len("organization_id"), *(len(r["organization_id"]) for r in rows)])
         click.echo(
             f"{'organization_id':<{width}} {'last':>10} {'max':>10} {'mean':>12} "

@@ -3,9 +3,10 @@
 ``sensormeter explain`` prints what this builds: for each UTC hour, what was reported (value,
 identifier, kind, status, Stripe request id, when sent) or why nothing was (not billable then,
 held by the guard, customer quarantined, not reported yet and whether catch-up will reach it,
-beyond Stripe's 35 days), and the on-demand and period-close reports stamped in the hour. It
-reads with three queries whatever the range: the organization's ledger rows of the range, its
-billable intervals, and the quarantines of its customers.
+beyond Stripe's 35 days, before what the ledger keeps), and the on-demand and period-close
+reports stamped in the hour. It reads with three queries whatever the range: the
+organization's ledger rows of the range, its billable intervals, and the quarantines of its
+customers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..defaults import MAX_PAST_HOURS
 from ..hours import format_hour, hour_start
 from ..models import BillableInterval, MeterReport, Quarantine
 from .history import RUNS
+from .retention import Reach
 from .sentences import (
     Reported,
     day_hour,
@@ -31,6 +33,7 @@ from .sentences import (
     naive,
     quarantine_of,
     quarantine_text,
+    removed_text,
 )
 
 HOUR = timedelta(hours=1)
@@ -43,6 +46,7 @@ CATCHUP = "catchup"  # billable, not reported; catch-up will report it
 MISSED = "missed"  # billable, not reported, beyond catch-up: a backfill reports it
 OUT_OF_WINDOW = "out_of_window"  # billable, not reported, beyond Stripe's 35 days
 CUSTOMER_QUARANTINED = "customer_quarantined"  # billable, but its customer is quarantined
+REMOVED = "removed"  # before the first hour the ledger keeps (SENSORMETER_RETENTION_DAYS)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,12 @@ class Explanation:
     lines: list[HourLine]
     history: list[Interval]
     not_billable_now: str | None  # None: billable now
+    reach: Reach = Reach(0, None)
+
+    @property
+    def notice(self) -> str | None:
+        """The retention notice, when the range reaches back before the first kept hour."""
+        return self.reach.notice(self.first)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready facts."""
@@ -96,6 +106,7 @@ class Explanation:
             "organization_id": self.organization_id,
             "since": format_hour(self.first),
             "until": format_hour(self.last),
+            **self.reach.as_dict(self.first),
             "billable_now": self.not_billable_now is None,
             "not_billable_reason": self.not_billable_now,
             "history": [
@@ -222,6 +233,7 @@ class Context:
     catchup: tuple[datetime, datetime] | None  # first and last hour catch-up looks at
     catchup_hours: int
     not_billable_now: str | None  # why not billable now (the usage source); None: billable
+    reach: Reach = Reach(0, None)  # the first hour the ledger keeps
 
 
 def explain(
@@ -252,13 +264,18 @@ def explain(
             state, text = found.status, describe_report(found, quarantines, organization_id)
             if state == MeterReport.FAILED:
                 text += _resend(hour, context, organization_id)
+        elif context.reach.removed(hour):
+            # Its rows and history may have been removed: no record is no evidence of a miss.
+            state, text = REMOVED, f"nothing known: {removed_text(context.reach)}"
         else:
             state, text = _why_nothing(hour, history, runs, quarantines, context, organization_id)
         extra = others.get(hour, [])
         notes = [describe_other(o, quarantines, organization_id) for o in extra]
         lines.append(HourLine(hour, state, text, found, extra, notes))
         hour += HOUR
-    return Explanation(organization_id, first, last, lines, history, context.not_billable_now)
+    return Explanation(
+        organization_id, first, last, lines, history, context.not_billable_now, context.reach
+    )
 
 
 def _resend(hour: datetime, context: Context, organization_id: str) -> str:

@@ -55,6 +55,38 @@ def notice(retention_days: int, first_kept: datetime) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Reach:
+    """How far back the ledger reaches: what ``explain``, ``whatif`` and ``reconcile`` ask."""
+
+    retention_days: int  # 0: the ledger keeps everything
+    first_kept: datetime | None  # the first kept hour; None: everything is kept
+
+    @classmethod
+    def at(cls, retention_days: int, now: datetime) -> Reach:
+        """The reach of a ledger kept ``retention_days`` days (0: all), seen at ``now``."""
+        return cls(retention_days, kept_since(retention_days, now))
+
+    def removed(self, hour: datetime) -> bool:
+        """Whether ``hour`` is before the first kept hour."""
+        return self.first_kept is not None and hour < self.first_kept
+
+    def notice(self, start: datetime) -> str | None:
+        """The notice for a range starting at ``start``, or None when it is all kept."""
+        if self.first_kept is None or start >= self.first_kept:
+            return None
+        return notice(self.retention_days, self.first_kept)
+
+    def as_dict(self, start: datetime) -> dict[str, Any]:
+        """JSON-ready facts for a range starting at ``start``."""
+        first = self.first_kept
+        return {
+            "retention_days": self.retention_days,
+            "kept_since": None if first is None else first.isoformat() + "+00:00",
+            "notice": self.notice(start),
+        }
+
+
 @dataclass
 class Pruned:
     """What one prune removed, and whether it reached everything older than ``before``."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..hours import hour_start
 from ..models import MeterReport, Quarantine
+from .retention import Reach
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,16 @@ def quarantine_text(q: Quarantine) -> str:
     since = naive(q.since)
     when = f" since {since:%Y-%m-%d %H:%M}" if since else ""
     return f"{whom} quarantined{when} ({q.code}: {q.reason})"
+
+
+def removed_text(reach: Reach) -> str:
+    """Why an hour before the first kept hour shows nothing: the retention removed it."""
+    first = reach.first_kept
+    since = f"{first:%Y-%m-%d %H:00}" if first is not None else "?"
+    return (
+        f"the ledger keeps {reach.retention_days} days and removed the hours before {since} "
+        "(whatever was reported then, and the billable history of then)"
+    )
 
 
 def describe_report(

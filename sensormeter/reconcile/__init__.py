@@ -21,8 +21,9 @@ import stripe
 from ..defaults import SUMMARY_PAGE_SIZE
 from ..errors import SensormeterError, ServiceUnavailable
 from ..hours import format_hour, hour_start, parse_hour_option
+from ..ledger.retention import Reach
 from ..meters.base import make_stripe_client
-from ..models import MeterReport
+from ..models import MeterReport, utcnow
 from ..settings import Settings
 from .compare import (
     KINDS,
@@ -222,11 +223,17 @@ def stripe_read_error(exc: stripe.StripeError, settings: Settings) -> Sensormete
 
 
 def reconcile(
-    settings: Settings, start: datetime, end: datetime, organization_id: str | None = None
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    organization_id: str | None = None,
+    now: datetime | None = None,
 ) -> Reconciliation:
     """Read the ledger (the database must be open) and Stripe's summaries, and compare them.
 
     Only customers with ledger rows in the window are asked for, one summaries list each.
+    Hours before the first one the ledger keeps (SENSORMETER_RETENTION_DAYS) are not
+    compared: Stripe's events of then would all look unexpected; ``compared_from`` says so.
 
     Raises:
         MeterNotFound: no meter has ``settings.meter_event_name``.
@@ -236,9 +243,16 @@ def reconcile(
     client = make_stripe_client(settings)
     mismatches: list[Mismatch] = []
     customers = hours = 0
+    reach = Reach.at(settings.retention_days, now or utcnow())
+    compared_from = None
+    if reach.notice(start) is not None and reach.first_kept is not None:
+        compared_from = min(reach.first_kept, end)
+        start = compared_from
     try:
         # The meter first, so a wrong event name or key is reported even for an empty window.
         meter_id = find_meter_id(client, settings.meter_event_name)
+        if start >= end:  # the whole window is older than what the ledger keeps
+            return Reconciliation([], 0, 0, compared_from)
         entries = ledger_entries(settings.meter_event_name, start, end, organization_id)
         # One customer at a time: memory holds one customer's rows and summaries, not the fleet's.
         for customer, rows in groupby(entries, key=attrgetter("customer")):
@@ -249,7 +263,7 @@ def reconcile(
             hours += part.hours
     except stripe.StripeError as exc:
         raise stripe_read_error(exc, settings) from None
-    return Reconciliation(mismatches, customers, hours)
+    return Reconciliation(mismatches, customers, hours, compared_from)
 
 
 __all__ = [

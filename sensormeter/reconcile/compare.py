@@ -95,6 +95,9 @@ class Reconciliation:
     mismatches: list[Mismatch] = field(default_factory=list)
     customers: int = 0
     hours: int = 0
+    # The hours before this were not compared: the ledger no longer keeps them (retention).
+    # None: the whole window was compared.
+    compared_from: datetime | None = None
 
     @property
     def clean(self) -> bool:

@@ -69,6 +69,8 @@ def _prune(run: JobRun) -> dict[str, Any]:
             seconds=figures["seconds"],
             hint="older rows remain; the next hourly run goes on ('sensormeter prune' now)",
         )
+    # The envelope's line has its own ``seconds`` (the whole job).
+    figures["prune_seconds"] = figures.pop("seconds")
     return {"retention_days": settings.retention_days, "pruned": True, **figures}
 
 

@@ -49,7 +49,7 @@ PG_DAY = """
 INSERT INTO meter_reports (organization_id, event_name, value, identifier, kind, period_hour,
     stripe_customer_id, measured_at, status, attempts, stripe_request_id, job_id,
     created_at, updated_at, sent_at)
-SELECT org, 'active_sensors', (o * 7919) % 21 + 1,
+SELECT org, 'active_sensors', (o * 7919) %% 21 + 1,
     'active_sensors-' || org || '-' || to_char(h, 'YYYY-MM-DD"T"HH24'),
     'hourly', h, 'cus_' || substr(md5('c' || o), 1, 14), h + s, 'sent', 1,
     'req_' || substr(md5(o || '-' || h), 1, 14), j, h + s, h + s + '1 second', h + s + '1 second'
@@ -60,7 +60,7 @@ CROSS JOIN LATERAL (
     SELECT substr(md5('o' || o), 1, 8) || '-' || substr(md5('o' || o), 9, 4) || '-4'
         || substr(md5('o' || o), 14, 3) || '-a' || substr(md5('o' || o), 18, 3) || '-'
         || substr(md5('o' || o), 21, 12) AS org,
-        interval '2 seconds' + (o % 600) * interval '100 milliseconds' AS s,
+        interval '2 seconds' + (o %% 600) * interval '100 milliseconds' AS s,
         substr(jh, 1, 8) || '-' || substr(jh, 9, 4) || '-' || substr(jh, 13, 4) || '-'
         || substr(jh, 17, 4) || '-' || substr(md5(jh || (o / 500)), 1, 12) AS j
 ) AS per_org
@@ -135,6 +135,18 @@ def disk_bytes(database: peewee.Database, path: str | None) -> int:
     return os.path.getsize(path)
 
 
+def index_bytes(database: peewee.Database) -> dict[str, int]:
+    """Each index of meter_reports and the table itself, in bytes (PostgreSQL only)."""
+    if not isinstance(database, peewee.PostgresqlDatabase):
+        return {}
+    found = database.execute_sql(
+        "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid) FROM pg_index i "
+        "WHERE i.indrelid = 'meter_reports'::regclass ORDER BY 2 DESC"
+    ).fetchall()
+    table = database.execute_sql("SELECT pg_relation_size('meter_reports')").fetchone()[0]
+    return {"table": int(table), **{str(name): int(size) for name, size in found}}
+
+
 def timed_prune(database: peewee.Database, before: datetime, batch: int) -> dict[str, Any]:
     """One prune without pauses: rows, batches, seconds, rows/s, CPU of client and server."""
     cpu, server = own_cpu(), backend_cpu(database)
@@ -188,6 +200,9 @@ def main() -> None:
         "gb_13_months_1000_orgs": round(per_row * 1000 * 24 * 396 / 1e9, 2),
         "gb_13_months_1000000_orgs": round(per_row * 1_000_000 * 24 * 396 / 1e9, 0),
     }
+    parts = index_bytes(database)
+    if parts:
+        disk["bytes_per_row_by_part"] = {k: round(v / rows, 1) for k, v in parts.items()}
     nothing = timed_prune(database, first_day, args.batch)
     cut = first_day + args.remove_days * DAY
     removed = timed_prune(database, cut, args.batch)

@@ -314,7 +314,11 @@ class TestNotices:
         )
 
     def test_cli_notices_in_text_and_json(
-        self, settings: Settings, database: peewee.Database, emulator: StripeEmulator
+        self,
+        settings: Settings,
+        database: peewee.Database,
+        emulator: StripeEmulator,
+        redis_conn: redis.Redis,
     ) -> None:
         """explain, whatif and reconcile print the notice; their JSON carries it."""
         env = cli_env(settings, SENSORMETER_RETENTION_DAYS="40")
@@ -343,3 +347,8 @@ class TestNotices:
         assert recon.returncode == 0
         dry = run("prune", "--dry-run")
         assert "0 report(s) would be removed" in dry.stdout, dry.stderr
+        done = run("prune")
+        assert "removed 0 report(s)" in done.stdout, done.stderr
+        status = json.loads(run("status", "--json").stdout)
+        assert status["retention"] == {"days": 40, "last_prune": None}
+        assert "ledger retention: 40 days; no prune has run yet" in run("status").stdout

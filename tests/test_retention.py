@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import peewee
 import pytest
 import redis
+from prometheus_client import generate_latest
 
 from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
@@ -20,6 +21,7 @@ from sensormeter.ledger import retention
 from sensormeter.ledger.explanation import REMOVED, Context, explain
 from sensormeter.ledger.history import RUNS
 from sensormeter.models import BillableInterval, MeterReport, Quarantine, Sensor, utcnow
+from sensormeter.ops.metrics import make_registry
 from sensormeter.reconcile import reconcile
 from sensormeter.report import Report
 from sensormeter.reporter import Reporter
@@ -265,6 +267,9 @@ class TestJob:
         last = last_prune(redis_conn, TEST_QUEUE)
         assert last is not None and last["reports"] == 9 and last["retention_days"] == 400
         assert redis_conn.get(retention_lock_key(TEST_QUEUE)) is None
+        scraped = generate_latest(make_registry(runtime.settings)).decode()
+        assert "sensormeter_retention_last_prune_removed 9.0" in scraped
+        assert "sensormeter_retention_last_prune_complete 1.0" in scraped
         scheduler = make_scheduler(TEST_QUEUE, redis_conn)
         register_all(scheduler, TEST_QUEUE)
         assert retention_job_id(TEST_QUEUE) in scheduler

@@ -29,6 +29,7 @@ from ..runtime import make_redis
 from ..settings import Settings
 from ..tasks.catchup import last_finding
 from ..tasks.recovery import stale_after
+from ..tasks.retention import last_prune
 from ..usage.unbilled import UnbilledTotals, last_totals
 from .readings import (
     QUEUE_STATES,
@@ -145,6 +146,7 @@ class SensormeterCollector(Collector):
             registered = registrations(connection, settings.queue_name)
             finding = last_finding(connection, settings.queue_name)
             unbilled = last_totals(connection, settings.queue_name)
+            pruned = last_prune(connection, settings.queue_name)
         finally:
             connection.close()
         queue = GaugeMetricFamily(
@@ -178,7 +180,31 @@ class SensormeterCollector(Collector):
             )
         if unbilled is not None:  # absent until a survey has run (and for a source without it)
             metrics.extend(_unbilled_metrics(unbilled))
+        if pruned is not None:  # absent until the ledger prune has run
+            metrics.extend(_prune_metrics(pruned))
         return metrics
+
+
+def _prune_metrics(pruned: dict[str, Any]) -> list[Metric]:
+    """The last ledger prune: when, how many rows it removed, and whether it finished."""
+    at = datetime.fromisoformat(pruned["at"])
+    return [
+        _gauge(
+            "sensormeter_retention_last_prune_timestamp_seconds",
+            "When the last ledger prune (SENSORMETER_RETENTION_DAYS) ran",
+            at.timestamp(),
+        ),
+        _gauge(
+            "sensormeter_retention_last_prune_removed",
+            "Ledger rows the last prune removed",
+            pruned["reports"],
+        ),
+        _gauge(
+            "sensormeter_retention_last_prune_complete",
+            "1 if the last prune removed everything older than kept, 0 if its budget ran out",
+            1 if pruned["complete"] else 0,
+        ),
+    ]
 
 
 def _unbilled_metrics(found: UnbilledTotals) -> list[Metric]:

@@ -12,7 +12,13 @@ from sensormeter.emulator import StripeEmulator
 from sensormeter.settings import Settings
 from sensormeter.tasks.fanout import enqueue_fanout
 from sensormeter.tasks.queue import JSONJob
-from sensormeter.tasks.schedule import close_job_id, held_job_id, hourly_job_id, sweep_job_id
+from sensormeter.tasks.schedule import (
+    close_job_id,
+    held_job_id,
+    hourly_job_id,
+    retention_job_id,
+    sweep_job_id,
+)
 
 from .conftest import (
     assert_billed_exactly_once,
@@ -99,7 +105,15 @@ def test_two_scheduler_processes(
     time.sleep(1.5)  # both have registered by now
     ids = sorted(j.id for j in reader.get_jobs())
     queue = fault_settings.queue_name
-    assert ids == sorted([job_id, sweep_job_id(queue), close_job_id(queue), held_job_id(queue)])
+    assert ids == sorted(
+        [
+            job_id,
+            sweep_job_id(queue),
+            close_job_id(queue),
+            held_job_id(queue),
+            retention_job_id(queue),
+        ]
+    )
     # Bring the tick forward to now: both schedulers see it due at the same moment.
     conn.zadd(reader.scheduled_jobs_key, {job_id: int(time.time())})
     queue_key = f"rq:queue:{fault_settings.queue_name}"

@@ -350,6 +350,9 @@ class TestNotices:
         recon = run("reconcile", "--since", old)
         assert "those hours were not compared" in recon.stdout, recon.stderr
         assert recon.returncode == 0
+        gone = run("reconcile", "--since", old, "--until", old)
+        assert "those hours were not compared" in gone.stdout
+        assert f"reconcile {old}..{old} UTC: 0 customer(s) checked, 0 hour(s)" in gone.stdout
         dry = run("prune", "--dry-run")
         assert "0 report(s) would be removed" in dry.stdout, dry.stderr
         done = run("prune")

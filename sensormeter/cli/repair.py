@@ -26,7 +26,7 @@ def reconcile(since: str | None, until: str | None, org: str | None) -> None:
     """
     from ..hours import format_hour
     from ..ledger import validate_organization_id
-    from ..ledger.retention import notice
+    from ..ledger.retention import Reach
     from ..models import open_database, utcnow
     from ..reconcile import HOUR, window
     from ..reconcile import reconcile as run_reconcile
@@ -40,10 +40,11 @@ def reconcile(since: str | None, until: str | None, org: str | None) -> None:
     result = run_reconcile(settings, start, end, org, now)
     for mismatch in result.mismatches:
         click.echo(mismatch.describe())
-    if result.compared_from is not None:
-        kept = notice(settings.retention_days, result.compared_from)
+    kept = Reach.at(settings.retention_days, now).notice(start)
+    if result.compared_from is not None and kept is not None:
         click.echo(f"note: {kept}; those hours were not compared")
-        start = result.compared_from
+        if result.compared_from < end:  # else nothing of the window is kept: none compared
+            start = result.compared_from
     click.echo(
         f"reconcile {format_hour(start)}..{format_hour(end - HOUR)} UTC: "
         f"{result.customers} customer(s) checked, {result.hours} hour(s) compared, "

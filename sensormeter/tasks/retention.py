@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import peewee
 import redis
 
 from ..keys import retention_last_key, retention_lock_key
@@ -75,7 +76,7 @@ def _prune(run: JobRun) -> dict[str, Any]:
 
 
 def prune(
-    database: Any,
+    database: peewee.Database,
     before: datetime,
     *,
     with_history: bool,

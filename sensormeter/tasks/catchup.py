@@ -39,6 +39,7 @@ from ..logs import get_logger
 from ..models import MeterReport, tuples, utcnow
 from ..settings import Settings
 from ..usage import UsageSource, iter_billable_chunks
+from . import completeness
 from .envelope import JobRun, run_job
 from .queue import enqueue_batch, job_options, make_queue
 from .recovery import stale_after
@@ -87,6 +88,7 @@ def find_gaps(
     stale_before: datetime | None = None,
     *,
     billable_now: Collection[str] | None = None,
+    unsettled: set[datetime] | None = None,
 ) -> dict[datetime, list[str]]:
     """Hours (among ``hours``) each organization lacks a covered hourly report for.
 
@@ -99,6 +101,11 @@ def find_gaps(
     hours since the first one sensormeter reported for it, if it is billable now
     (``billable_now``; None: all are). An organization with neither is never caught up
     (first deployment). The history is read for the incomplete organizations only.
+
+    With ``unsettled`` (a set), the hours where some organization has a gap or a row not yet
+    decided (a pending one: DONE says which are) are added to it, so that the others can be
+    recorded as verified complete (tasks/completeness.py); organizations with a pending row
+    are then read in detail too.
     """
     if not organization_ids or not hours:
         return {}
@@ -115,24 +122,41 @@ def find_gaps(
         live &= MeterReport.updated_at >= stale_before
     is_covered = MeterReport.status.in_(DONE) | live
     covered = peewee.Case(None, [(is_covered, 1)], 0)
+    decided = peewee.Case(None, [(MeterReport.status.in_(DONE), 1)], 0)
     summary = tuples(
-        MeterReport.select(org, peewee.fn.MIN(MeterReport.period_hour), peewee.fn.SUM(covered))
+        MeterReport.select(
+            org,
+            peewee.fn.MIN(MeterReport.period_hour),
+            peewee.fn.SUM(covered),
+            peewee.fn.SUM(decided),
+        )
         .where(in_window)
         .group_by(org)
     )
-    complete = {
-        o for o, earliest, n in summary if _as_datetime(earliest) == first and n == len(hours)
-    }
+    complete, settled = set(), set()
+    for o, earliest, n, d in summary:
+        if _as_datetime(earliest) == first:
+            if n == len(hours):
+                complete.add(o)
+            if d == len(hours):
+                settled.add(o)
     suspects = [o for o in organization_ids if o not in complete]
-    if not suspects:
+    detailed = suspects
+    if unsettled is not None:
+        detailed = [o for o in organization_ids if o not in settled]
+    if not detailed:
         return {}
     seen: dict[str, dict[datetime, bool]] = defaultdict(dict)
-    for o, hour, done in tuples(
-        MeterReport.select(org, MeterReport.period_hour, covered).where(
-            in_window & org.in_(suspects)
+    for o, hour, done, final in tuples(
+        MeterReport.select(org, MeterReport.period_hour, covered, decided).where(
+            in_window & org.in_(detailed)
         )
     ):
         seen[o][_as_datetime(hour)] = bool(done)
+        if unsettled is not None and not final:
+            unsettled.add(_as_datetime(hour))
+    if not suspects:
+        return {}
     earlier = {
         o
         for (o,) in tuples(
@@ -160,6 +184,8 @@ def find_gaps(
                 owed = floor is not None and hour >= floor
             if owed:
                 gaps[hour].append(o)
+                if unsettled is not None:
+                    unsettled.add(hour)
     return dict(gaps)
 
 
@@ -200,19 +226,25 @@ def iter_gaps(
     settings: Settings,
     hours: Sequence[datetime],
     organization_ids: Sequence[str] | None = None,
+    unsettled: set[datetime] | None = None,
 ) -> Iterator[tuple[str, list[str]]]:
     """Yield (hour label, organizations) to report, chunk by chunk.
 
     The organizations billable now and those the billable history has billable in the
     window (all of ``organization_ids``, when given); see :func:`find_gaps` for which hours
-    each one owes.
+    each one owes, and for ``unsettled``.
     """
     if not hours:
         return
     stale_before = utcnow() - stale_after(settings)
     for chunk, billable_now in _chunks(source, settings, hours[0], hours[-1], organization_ids):
         gaps = find_gaps(
-            settings.meter_event_name, chunk, hours, stale_before, billable_now=billable_now
+            settings.meter_event_name,
+            chunk,
+            hours,
+            stale_before,
+            billable_now=billable_now,
+            unsettled=unsettled,
         )
         for hour in sorted(gaps):
             yield format_hour(hour), gaps[hour]
@@ -229,12 +261,26 @@ def catch_up(include_current: bool = False) -> dict[str, Any]:
 def _catch_up(run: JobRun, include_current: bool) -> dict[str, Any]:
     runtime = run.runtime
     settings = runtime.settings
-    hours = catchup_window(settings, utcnow(), include_current=include_current)
+    now = utcnow()
+    hours = catchup_window(settings, now, include_current=include_current)
     queue = make_queue(settings, runtime.redis)
     batch: list[Any] = []
     jobs = reports = 0
+    began = time.time()
+    mark = completeness.max_ledger_id(runtime.database)
+    record = None if include_current else completeness.load(runtime.redis, settings)
+    check = None
+    if record is not None and _incremental_allowed(settings, record, now, began):
+        stale_before = now - stale_after(settings)
+        check = completeness.IncrementalCheck(
+            runtime.source, settings, runtime.database, record, hours, stale_before
+        )
+        found = check.gaps()
+    else:
+        unsettled: set[datetime] = set()
+        found = iter_gaps(runtime.source, settings, hours, unsettled=unsettled)
 
-    for label, orgs in iter_gaps(runtime.source, settings, hours):
+    for label, orgs in found:
         batch.append(
             Queue.prepare_data(
                 process_meter_report,
@@ -252,10 +298,46 @@ def _catch_up(run: JobRun, include_current: bool) -> dict[str, Any]:
             enqueue_batch(queue, batch)
             batch.clear()
     enqueue_batch(queue, batch)
+    current = hour_start(now)
+    if check is not None and record is not None:
+        record.verified = check.verified
+        scan = "incremental"
+        checked = len(check.checked)
+    else:
+        # Only hours a complete run marked can be verified: elsewhere the history may still
+        # bridge an interval over the hour, and so add an organization that owes it.
+        ended = [h for h in hours if h < current]
+        verified = completeness.marked_hours(ended) - unsettled
+        record = completeness.Record(began, verified)
+        scan, checked = "full", len(verified)
+    record.note(began, mark)
+    completeness.save(runtime.redis, settings, record, hours)
     window = f"{format_hour(hours[0])}..{format_hour(hours[-1])}" if hours else ""
     store_finding(runtime.redis, settings.queue_name, CatchupFinding(reports, window, time.time()))
-    log.info("catchup.completed", window=window, jobs=jobs, reports=reports)
-    return {"window": window, "jobs": jobs, "reports": reports}
+    log.info(
+        "catchup.completed",
+        window=window,
+        scan=scan,
+        jobs=jobs,
+        reports=reports,
+        verified_hours=len(record.verified),
+        newly_verified=checked,
+    )
+    return {"window": window, "jobs": jobs, "reports": reports, "scan": scan}
+
+
+def _incremental_allowed(
+    settings: Settings, record: completeness.Record, now: datetime, began: float
+) -> bool:
+    """Whether the hourly catch-up may read only what is new (else it scans in full).
+
+    Not when the last full scan is older than the safety net's period, nor when the current
+    hour is not marked: then the fan-out has not recorded every organization billable now,
+    and one the history does not know would be missed.
+    """
+    if began - record.full_at >= completeness.full_scan_every(settings).total_seconds():
+        return False
+    return bool(completeness.marked_hours([hour_start(now)]))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Completeness record: the hours of the catch-up window verified complete, and the cheap check.
 
 An hour is **verified complete** when every organization that owed it has a decided hourly
-row (sent, rejected, held, quarantined or superseded: catchup.DONE), not merely a live
+row (sent, rejected, held, quarantined or superseded: gaps.DONE), not merely a live
 pending one. Only hours a complete fan-out marked (``*hourly-runs``) are ever verified: there
 the billable history is authoritative (an interval is never bridged over such an hour), so
 the set of organizations that owed the hour cannot grow afterwards. The hourly catch-up then
@@ -12,7 +12,7 @@ reads only what is new (:func:`incremental_gaps`):
   the rows created since a ledger id noted before the hour began (a *mark*), never the
   fleet's older rows;
 - the organizations the history does not know at such an hour (their first interval starts
-  later) go through :func:`catchup.find_gaps`, as do the hours no run marked (an outage),
+  later) go through :func:`gaps.find_gaps`, as do the hours no run marked (an outage),
   over the whole fleet, chunk by chunk;
 - a verified hour can come undone when a decided row goes back to failed (a held or
   quarantined row released, ``retry-failed``) or a pending row goes stale: one query on the
@@ -42,6 +42,7 @@ from ..ledger import history
 from ..models import BillableInterval, MeterReport
 from ..settings import Settings
 from ..usage import UsageSource
+from .gaps import DONE, find_gaps, iter_gaps
 
 # A mark (ledger id) serves an hour only if it was read this long before the hour began:
 # a row of the hour can only be created once the hour has begun, by a clock this close.
@@ -140,8 +141,6 @@ def _moment(value: Any) -> datetime:
 
 
 def _decided_list(database: peewee.Database) -> tuple[str, list[str]]:
-    from .catchup import DONE
-
     return ", ".join([database.param] * len(DONE)), list(DONE)
 
 
@@ -158,7 +157,7 @@ def undecided_owed(
     p = database.param
     decided, decided_params = _decided_list(database)
     newer = f" AND r.id > {p}" if after_id is not None else ""
-    cursor = database.execute_sql(
+    sql = (
         f"SELECT i.organization_id, r.status, r.updated_at"
         f" FROM {BillableInterval._meta.table_name} i"
         f" LEFT JOIN {MeterReport._meta.table_name} r ON r.organization_id = i.organization_id"
@@ -166,24 +165,31 @@ def undecided_owed(
         f" WHERE i.first_hour <= {p} AND i.last_hour >= {p}"
         f" AND i.organization_id NOT LIKE {p}"
         f" AND (r.id IS NULL OR r.status NOT IN ({decided}))"
-        f" ORDER BY i.organization_id",
-        [
-            _stored(database, hour),
-            MeterReport.HOURLY,
-            event_name,
-            *([after_id] if after_id is not None else []),
-            _stored(database, hour),
-            _stored(database, hour),
-            _PSEUDO,
-            *decided_params,
-        ],
+        f" ORDER BY i.organization_id"
     )
-    last = None
-    while rows := cursor.fetchmany(5000):
-        for org, status, updated in rows:
-            if org != last:  # two intervals covering one hour: one answer
-                yield org, status, None if updated is None else _moment(updated)
-            last = org
+    params = [
+        _stored(database, hour),
+        MeterReport.HOURLY,
+        event_name,
+        *([after_id] if after_id is not None else []),
+        _stored(database, hour),
+        _stored(database, hour),
+        _PSEUDO,
+        *decided_params,
+    ]
+    with database.atomic():
+        if after_id is not None and isinstance(database, peewee.PostgresqlDatabase):
+            # The intervals reaching the newest hour are past the planner's statistics, so it
+            # expects one and probes the ledger's index once per organization: a cost that
+            # grows with the ledger's length. A hash join reads only the rows after the mark.
+            database.execute_sql("SET LOCAL enable_nestloop = off")
+        cursor = database.execute_sql(sql, params)
+        last = None
+        while rows := cursor.fetchmany(5000):
+            for org, status, updated in rows:
+                if org != last:  # two intervals covering one hour: one answer
+                    yield org, status, None if updated is None else _moment(updated)
+                last = org
 
 
 def uncovered_rows(
@@ -262,8 +268,6 @@ class IncrementalCheck:
 
     def gaps(self) -> Iterator[tuple[str, list[str]]]:
         """Yield (hour label, organizations) to report, at most a chunk at a time."""
-        from .catchup import find_gaps, iter_gaps
-
         settings, event = self.settings, self.settings.meter_event_name
         marked = marked_hours(self.hours)
         verified = self.record.verified & marked

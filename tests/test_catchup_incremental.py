@@ -16,13 +16,13 @@ import pytest
 
 from sensormeter import ledger
 from sensormeter.emulator import StripeEmulator
-from sensormeter.hours import hour_start
+from sensormeter.hours import format_hour, hour_start
 from sensormeter.ledger import history
 from sensormeter.models import MeterReport, Sensor, Subscription, utcnow
 from sensormeter.report import Report
 from sensormeter.runtime import Runtime, set_runtime
 from sensormeter.tasks import completeness
-from sensormeter.tasks.catchup import catch_up
+from sensormeter.tasks.catchup import catch_up, find_gaps
 
 from .conftest import count_queries
 from .factories import make_org
@@ -275,3 +275,42 @@ class TestFallback:
             hourly_run(rt, hour)
         assert catch_up()["scan"] == "full"
         assert catch_up()["scan"] == "full"  # the current hour is still unmarked
+
+
+class TestAgreesWithTheFullScan:
+    def test_an_organization_the_history_does_not_know_yet(self, rt: Runtime) -> None:
+        """d, reported before the history knew it, first recorded now: same gaps as the scan."""
+        fleet()
+        make_org("d")
+        h = now_hour()
+        MeterReport.create(
+            organization_id="d",
+            event_name=EVENT,
+            value=1,
+            identifier=ledger.hourly_identifier("d", EVENT, h - 6 * H),
+            kind=MeterReport.HOURLY,
+            period_hour=h - 6 * H,
+            stripe_customer_id="cus_d",
+            measured_at=h - 6 * H,
+            status=MeterReport.SENT,
+        )
+        for hour in window()[:-1]:
+            hourly_run(rt, hour)  # d is not in ORGS: not recorded
+        previous_check(rt, set(window()[:-1]), h - H)
+        hourly_run(rt, h - H)
+        history.record(rt.database, {"d": "cus_d"}, h, bridge_hours=0)
+        hourly_run(rt, h, reported=())
+        stale = utcnow() - timedelta(hours=1)
+        check = completeness.IncrementalCheck(
+            rt.source,
+            rt.settings,
+            rt.database,
+            completeness.load(rt.redis, rt.settings),  # type: ignore[arg-type]
+            window(),
+            stale,
+        )
+        found = {(label, tuple(orgs)) for label, orgs in check.gaps()}
+        full = find_gaps(EVENT, [*ORGS, "d"], window(), stale)
+        assert found == {(format_hour(h - H), ("d",))}
+        assert full[h - H] == ["d"]
+        assert h - H not in check.verified

@@ -5,7 +5,7 @@ row (sent, rejected, held, quarantined or superseded: gaps.DONE), not merely a l
 pending one. Only hours a complete fan-out marked (``*hourly-runs``) are ever verified: there
 the billable history is authoritative (an interval is never bridged over such an hour), so
 the set of organizations that owed the hour cannot grow afterwards. The hourly catch-up then
-reads only what is new (:func:`incremental_gaps`):
+reads only what is new (:class:`IncrementalCheck`):
 
 - each hour marked but not yet verified (normally the one that just ended): one set-based
   query, the intervals covering the hour anti-joined with that hour's decided rows, reading
@@ -279,11 +279,11 @@ class IncrementalCheck:
         uncovered = uncovered_rows(self.database, event, self.hours, self.stale_before)
         for hour, orgs in uncovered.items():
             if hour in verified:
-                self._search(find_gaps, sorted(orgs), [hour], found, None)
+                self._search(sorted(orgs), [hour], found, None)
         # Organizations the history does not know yet at the hours to check.
         if to_check:
             hours = [h for h in self.hours if h >= to_check[0]]
-            self._search(find_gaps, newcomers(self.database, to_check[0]), hours, found, unsettled)
+            self._search(newcomers(self.database, to_check[0]), hours, found, unsettled)
         for hour in sorted(found):
             if hour in verified or hour in to_check:
                 yield from self._chunked(hour, sorted(found[hour]))
@@ -312,7 +312,6 @@ class IncrementalCheck:
 
     def _search(
         self,
-        find_gaps: Any,
         organizations: list[str],
         hours: list[datetime],
         found: dict[datetime, set[str]],

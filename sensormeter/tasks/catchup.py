@@ -10,6 +10,10 @@ Before that (a database upgraded from schema 2), an organization billable now ow
 since the first one sensormeter reported for it, so a first deployment bills no history.
 ``sensormeter backfill`` runs the same search on demand.
 
+The search over the whole fleet and window (gaps.py, the *full scan*) runs at start-up,
+for backfill, and once a day; the hourly catch-up otherwise checks only what is new,
+remembering the hours verified complete (completeness.py).
+
 An hour counts as covered when its row is sent, rejected (Stripe's answer is final) or
 pending and touched recently enough that a live job may still own it; a failed row, and a
 pending row older than any job and its retries can keep it (``recovery.stale_after``), are
@@ -182,8 +186,9 @@ def enqueue_catch_up(
     if not settings.catchup_hours:
         return None
     options = job_options(settings)
-    # It scans the ledger of the whole fleet over the window (docs/performance.md: 56 s for
-    # 1,000,000 organizations when nothing is missing; gaps spread widely cost about 4x).
+    # A full scan reads the ledger of the whole fleet over the window (docs/performance.md:
+    # 56 s for 1,000,000 organizations when nothing is missing; gaps spread widely cost
+    # about 4x); the hourly check, which reads only what is new, a few seconds.
     options["job_timeout"] = max(settings.job_timeout_seconds, CATCHUP_TIMEOUT_SECONDS)
     job = make_queue(settings, connection).enqueue(
         catch_up,

@@ -121,7 +121,9 @@ def _catch_up(run: JobRun, include_current: bool) -> dict[str, Any]:
         # bridge an interval over the hour, and so add an organization that owes it.
         ended = [h for h in hours if h < current]
         verified = completeness.marked_hours(ended) - unsettled
-        record = completeness.Record(began, verified)
+        # The marks noted before stay valid: the next check reads only the rows after them.
+        noted = completeness.load(runtime.redis, settings)
+        record = completeness.Record(began, verified, noted.marks if noted else [])
         scan, checked = "full", len(verified)
     record.note(began, mark)
     completeness.save(runtime.redis, settings, record, hours)

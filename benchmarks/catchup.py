@@ -164,6 +164,8 @@ def undo_new_hour(database_url: str) -> datetime:
             [latest - H, latest],
         )
     db.execute_sql("VACUUM ANALYZE meter_reports")
+    # As autovacuum leaves it between hourly runs; (b)'s own update leaves its dead rows.
+    db.execute_sql("VACUUM ANALYZE sensormeter_billable_history")
     db.close()
     return hour_start(latest)
 

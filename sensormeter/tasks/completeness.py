@@ -49,6 +49,7 @@ from .gaps import DONE, find_gaps, iter_gaps
 MARK_MARGIN = timedelta(minutes=5)
 _MARKS_KEPT = 120  # one per catch-up: five days of hourly marks
 _VERSION = 1
+_JOIN_MEMORY = "64MB"  # PostgreSQL's work_mem for the one join (see undecided_owed)
 _PSEUDO = "*%"  # the history's pseudo-organizations ('*hourly-runs'): no organization id
 
 
@@ -183,6 +184,9 @@ def undecided_owed(
             # expects one and probes the ledger's index once per organization: a cost that
             # grows with the ledger's length. A hash join reads only the rows after the mark.
             database.execute_sql("SET LOCAL enable_nestloop = off")
+            # The hash holds every organization of the hour (about 50 MB at 1,000,000): in
+            # the default 4 MB it spills to disk in batches, a quarter slower.
+            database.execute_sql(f"SET LOCAL work_mem = '{_JOIN_MEMORY}'")
         cursor = database.execute_sql(sql, params)
         last = None
         while rows := cursor.fetchmany(5000):

@@ -41,6 +41,11 @@ def catchup_found_key(queue_name: str) -> str:
     return f"{PREFIX}:{queue_name}:catchup-found"
 
 
+def catchup_verified_key(queue_name: str, event_name: str) -> str:
+    """String (JSON): the catch-up window's hours verified complete for a meter."""
+    return f"{PREFIX}:{queue_name}:catchup-verified:{event_name}"
+
+
 def unbilled_survey_key(queue_name: str) -> str:
     """String (JSON): unbilled organizations and sensors by reason, as the last survey found."""
     return f"{PREFIX}:{queue_name}:unbilled"

@@ -166,7 +166,7 @@ class TestScheduler:
         key = scheduler.scheduled_jobs_key
         assert redis_conn.zscore(key, hourly_job_id(runtime.settings.queue_name)) is not None
         assert [j.func_name for j in queue.get_jobs()] == ["sensormeter.tasks.catchup.catch_up"]
-        assert redis_conn.zcard(key) == 4  # hourly, sweep, period close, held recount
+        assert redis_conn.zcard(key) == 5  # hourly, sweep, period close, held recount, retention
         scheduler.enqueue_jobs()  # registrations present: nothing more is queued
         assert queue.count == 1
 

@@ -219,8 +219,7 @@ class Reporter:
                     )
                     for o in fresh
                 )
-            ledger.create_pending(database, reports, self.event_name, job_id)
-            rows.update(ledger.find([r.identifier for r in reports]))
+            rows.update(ledger.create_pending(database, reports, self.event_name, job_id))
         by_org = {row.organization_id: row for row in rows.values()}
         return by_org, result
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import peewee
 
+from ..db import one_of
 from ..models import Organization, Sensor, Subscription, tuples, utcnow
 from .source import BLANKS, NO_CUSTOMER, NO_SUBSCRIPTION, UnbilledUsage, ends_in_window
 
@@ -49,7 +50,7 @@ class DatabaseUsageSource:
         org = Subscription.organization_id  # type: ignore[attr-defined]
         query = (
             Subscription.select(org, Subscription.stripe_customer_id)
-            .where(self._billable() & org.in_(list(organization_ids)))
+            .where(self._billable() & one_of(org, organization_ids))
             .order_by(org, Subscription.id)
         )
         # Ascending id: a later subscription of the same organization overwrites an earlier one.
@@ -66,7 +67,7 @@ class DatabaseUsageSource:
         org = Subscription.organization_id  # type: ignore[attr-defined]
         Candidate = Subscription.alias()
         candidates = Candidate.select(Candidate.organization_id).where(
-            Candidate.status.in_(self.statuses) & Candidate.stripe_customer_id.in_(list(customers))
+            Candidate.status.in_(self.statuses) & one_of(Candidate.stripe_customer_id, customers)
         )
         query = (
             Subscription.select(org, Subscription.stripe_customer_id)
@@ -128,7 +129,7 @@ class DatabaseUsageSource:
         query = (
             Sensor.select(org, peewee.fn.COUNT(Sensor.id))
             .where(
-                org.in_(list(organization_ids))
+                one_of(org, organization_ids)
                 & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
                 & alive
             )

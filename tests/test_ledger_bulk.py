@@ -50,7 +50,12 @@ def test_create_pending_returns_the_stored_rows(database: peewee.Database) -> No
     ledger.create_pending(database, [new("o1", 7)], "active_sensors", "job-0")
     shared = {"event_identifier": "active_sensors-cus_x-e", "event_value": 5, "customer": "cus_x"}
     on_demand = {"kind": MeterReport.ON_DEMAND, "period_hour": None, "identifier": "od-o4"}
-    reports = [new("o1", 99), new("o2", 2, **shared), new("o3", 3, **shared), new("o4", 4, **on_demand)]
+    reports = [
+        new("o1", 99),
+        new("o2", 2, **shared),
+        new("o3", 3, **shared),
+        new("o4", 4, **on_demand),
+    ]
     rows = ledger.create_pending(database, reports, "active_sensors", "job-1")
     assert rows == ledger.find([r.identifier for r in reports])  # what a read-back would give
     assert {r.organization_id: (r.value, r.status, r.attempts) for r in rows.values()} == {
@@ -59,9 +64,9 @@ def test_create_pending_returns_the_stored_rows(database: peewee.Database) -> No
         "o3": (3, "pending", 0),
         "o4": (4, "pending", 0),
     }
-    assert {(r.event_identifier, r.event_value) for r in rows.values() if r.customer == "cus_x"} == {
-        ("active_sensors-cus_x-e", 5)
-    }
+    assert {
+        (r.event_identifier, r.event_value) for r in rows.values() if r.customer == "cus_x"
+    } == {("active_sensors-cus_x-e", 5)}
     assert MeterReport.get(MeterReport.identifier == "od-o4").period_hour is None
     assert ledger.create_pending(database, [], "active_sensors", None) == {}
 

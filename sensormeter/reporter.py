@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -219,8 +220,7 @@ class Reporter:
                     )
                     for o in fresh
                 )
-            ledger.create_pending(database, reports, self.event_name, job_id)
-            rows.update(ledger.find([r.identifier for r in reports]))
+            rows.update(ledger.create_pending(database, reports, self.event_name, job_id))
         by_org = {row.organization_id: row for row in rows.values()}
         return by_org, result
 
@@ -345,10 +345,14 @@ class Reporter:
                 gate.observe(database, [row for _, row in to_send], attempts)
             except Exception:  # noqa: BLE001 (the attempts are recorded; a gate costs only itself)
                 log.exception("gate.observe_failed", gate=type(gate).__name__, job_id=job_id)
+        # Asked once a chunk: a line the level drops still cost structlog's whole call.
+        lines = log.isEnabledFor(logging.INFO)
         for (key, row), attempt, status in zip(to_send, attempts, statuses, strict=True):
             result.statuses[key] = status
             if attempt.error and not attempt.outcome.delivered:
                 result.errors[key] = attempt.error
+            if not lines:
+                continue
             log.info(
                 "report",
                 organization_id=row.organization_id,

@@ -9,7 +9,7 @@ variable behind a getter/setter pair: nothing connects at import, tests swap it 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import peewee
 import redis
@@ -63,6 +63,8 @@ class Runtime:
     # What may keep a report back before it is sent (gate.py), asked in this order.
     gates: list[Gate] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
+    # Set by share_runtime: a process forked from this one may take it over (see get_runtime).
+    shared: bool = False
 
     @classmethod
     def build(
@@ -112,12 +114,37 @@ _runtime: Runtime | None = None
 
 
 def get_runtime() -> Runtime:
-    """The process's runtime, built from the environment on first use (and again after a fork)."""
+    """The process's runtime, built from the environment on first use (and again after a fork).
+
+    A process forked from one that shared its runtime (:func:`share_runtime`: the worker,
+    whose work-horses RQ forks one per job) takes that one over while it holds no database
+    connection, and connects on its own.
+    """
     global _runtime
     if _runtime is None or _runtime.pid != os.getpid():
-        # After a fork the parent's sockets must not be reused, so build fresh ones.
-        _runtime = Runtime.build(Settings.from_env())
+        if _runtime is not None and _runtime.shared and _runtime.database.is_closed():
+            # Nothing to share by mistake: no database connection, and redis-py drops the
+            # parent's connections in a forked process. A host's usage source may hold its
+            # own connection: it is built anew, as before. Building all anew cost about 50 ms
+            # of CPU a job (docs/performance.md, "Where a report's CPU goes").
+            inherited = _runtime
+            _runtime = replace(
+                inherited,
+                pid=os.getpid(),
+                source=load_usage_source(inherited.settings, inherited.database),
+            )
+        else:
+            # After a fork the parent's sockets must not be reused, so build fresh ones.
+            _runtime = Runtime.build(Settings.from_env())
     return _runtime
+
+
+def share_runtime(runtime: Runtime) -> None:
+    """Install ``runtime``, its connections closed, for the processes forked from this one."""
+    global _runtime
+    runtime.close()
+    runtime.shared = True
+    _runtime = runtime
 
 
 def set_runtime(runtime: Runtime | None) -> None:

@@ -98,14 +98,15 @@ def report_all(hour: str | None) -> None:
 @friendly_errors
 def worker(workers: int, burst: bool) -> None:
     """Run RQ workers (HerokuWorker) on the reporting queue."""
-    from ..runtime import Runtime
+    from ..runtime import Runtime, share_runtime
     from ..tasks.worker import run_workers
 
     settings = load_settings()
     settings.require_stripe_key()
     connection = connect_redis(settings)
     # Fail at start, not in the first job: check the database and the Stripe settings now.
-    Runtime.build(settings).close()
+    # The work-horses RQ forks for each job then start from this runtime (runtime.py).
+    share_runtime(Runtime.build(settings))
     run_workers(settings, connection, workers, burst)
 
 

@@ -181,17 +181,25 @@ def _record(
 
 def _insert(database: peewee.Database, rows: list[tuple[str, str, Any, Any, Any]]) -> None:
     """Insert new intervals through the driver (peewee builds big INSERTs value by value)."""
+    insert = (
+        f"INSERT INTO {BillableInterval._meta.table_name} (organization_id,"
+        " stripe_customer_id, first_hour, last_hour, updated_at)"
+    )
+    cursor: Any = database.cursor()
+    if isinstance(database, peewee.PostgresqlDatabase):
+        # One statement, one array parameter per column, however many rows.
+        cursor.execute(
+            f"{insert} SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamp[],"
+            " %s::timestamp[], %s::timestamp[])",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+        return
     rows = [
         (o, c, _stored(database, first), _stored(database, last), _stored(database, at))
         for o, c, first, last, at in rows
     ]
     marks = ", ".join([database.param] * 5)
-    cursor: Any = database.cursor()
-    cursor.executemany(
-        f"INSERT INTO {BillableInterval._meta.table_name} (organization_id,"
-        f" stripe_customer_id, first_hour, last_hour, updated_at) VALUES ({marks})",
-        rows,
-    )
+    cursor.executemany(f"{insert} VALUES ({marks})", rows)
 
 
 def _bridges(latest: Interval, hour: datetime, runs: Sequence[Interval]) -> bool:

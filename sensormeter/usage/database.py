@@ -8,6 +8,7 @@ from typing import Any
 
 import peewee
 
+from ..db import one_of
 from ..models import Organization, Sensor, Subscription, tuples, utcnow
 from .source import BLANKS, NO_CUSTOMER, NO_SUBSCRIPTION, UnbilledUsage, ends_in_window
 
@@ -49,7 +50,7 @@ class DatabaseUsageSource:
         org = Subscription.organization_id  # type: ignore[attr-defined]
         query = (
             Subscription.select(org, Subscription.stripe_customer_id)
-            .where(self._billable() & org.in_(list(organization_ids)))
+            .where(self._billable() & one_of(org, organization_ids))
             .order_by(org, Subscription.id)
         )
         # Ascending id: a later subscription of the same organization overwrites an earlier one.
@@ -64,13 +65,23 @@ class DatabaseUsageSource:
         if not customers:
             return {}
         org = Subscription.organization_id  # type: ignore[attr-defined]
-        Candidate = Subscription.alias()
-        candidates = Candidate.select(Candidate.organization_id).where(
-            Candidate.status.in_(self.statuses) & Candidate.stripe_customer_id.in_(list(customers))
-        )
+        # Two indexed reads, not one query with ``IN (subquery)``: PostgreSQL ran that as a
+        # hash semi-join over a sequential scan of every subscription, in every report job
+        # (a cost growing with the fleet: 0.1 s a chunk at 100,000 organizations).
+        candidates = {
+            o
+            for (o,) in tuples(
+                Subscription.select(org).where(
+                    Subscription.status.in_(self.statuses)
+                    & one_of(Subscription.stripe_customer_id, customers)
+                )
+            )
+        }
+        if not candidates:
+            return {}
         query = (
             Subscription.select(org, Subscription.stripe_customer_id)
-            .where(self._billable() & org.in_(candidates))
+            .where(self._billable() & one_of(org, sorted(candidates)))
             .order_by(org, Subscription.id)
         )
         # Ascending id: a later subscription of the same organization overwrites an earlier one.
@@ -128,7 +139,7 @@ class DatabaseUsageSource:
         query = (
             Sensor.select(org, peewee.fn.COUNT(Sensor.id))
             .where(
-                org.in_(list(organization_ids))
+                one_of(org, organization_ids)
                 & (Sensor.is_active == True)  # noqa: E712 (peewee builds SQL from ==)
                 & alive
             )

@@ -1,0 +1,118 @@
+"""How many requests a report job keeps in flight: a fixed number, or one that follows latency.
+
+The requests in flight a sending rate needs are rate x latency (Little's law): 30 for 1,000
+events/s at 30 ms, 300 at 300 ms. A job knows neither the rate it may reach nor how many other
+jobs share it, so ``auto`` (the default) learns the number from what it measures:
+
+- while the smoothed latency stays under ``TOLERANCE`` times the lowest latency seen (the
+  network and Stripe alone), nothing queues: the window grows by one per answer, doubling
+  every round trip, up to the cap;
+- above it, requests are queueing somewhere (this process's CPU, the server): the window
+  shrinks by a quarter of a request per answer, about 25% per round trip, down to ``FLOOR``.
+
+How fast events go out is the rate limiter's business (ratelimit.py), not the window's: a 429
+does not shrink it. The window a job ends with is kept in Redis for the next job (each job is
+a fresh work-horse process), so a job starts where the last one left off, not from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import redis
+
+START = 16  # the first job's window, before anything is measured
+FLOOR = 2
+CAP = 128  # requests in flight per job at most (auto); 5 workers: 640, 2,100 events/s at 300 ms
+TOLERANCE = 2.0  # latency above this multiple of the lowest seen means requests queue
+SMOOTHING = 0.1  # weight of a new latency in the smoothed latency
+BASE_DRIFT = 0.001  # the lowest latency creeps up toward each sample: a fluke low is forgotten
+GROW = 1.0  # requests added per answer while nothing queues (doubling per round trip)
+SHRINK = 0.25  # requests removed per answer while requests queue (about -25% per round trip)
+MEMORY_TTL = 3600  # seconds Redis keeps the last window
+
+
+class WindowMemory(Protocol):
+    """Where the last job's window is kept for the next (Redis; none in tests)."""
+
+    def load(self) -> float | None:
+        """The last window kept, or None."""
+        ...
+
+    def save(self, size: float) -> None:
+        """Keep ``size`` for the next job."""
+        ...
+
+
+class InFlight:
+    """The number of requests a job may have in flight; fixed, or adapting (``fixed=None``)."""
+
+    def __init__(
+        self,
+        fixed: int | None = None,
+        *,
+        start: float | None = None,
+        floor: int = FLOOR,
+        cap: int = CAP,
+    ) -> None:
+        self.fixed = fixed
+        self.floor, self.cap = floor, cap
+        self._window = float(fixed or min(cap, max(floor, start or START)))
+        self.base: float | None = None  # the lowest latency seen (drifting up slowly)
+        self.smoothed: float | None = None
+
+    @property
+    def size(self) -> int:
+        """Requests allowed in flight now."""
+        return int(self._window)
+
+    @property
+    def window(self) -> float:
+        """The window with its fraction (what is remembered for the next job)."""
+        return self._window
+
+    @property
+    def queueing(self) -> bool:
+        """True when the smoothed latency says requests are waiting somewhere."""
+        if self.base is None or self.smoothed is None:
+            return False
+        return self.smoothed > TOLERANCE * self.base
+
+    def observe(self, seconds: float) -> None:
+        """Take one request's latency (sending to answer) and adjust the window."""
+        if self.fixed is not None or not math.isfinite(seconds) or seconds < 0:
+            return
+        if self.base is None or seconds < self.base:
+            self.base = seconds
+        else:
+            self.base += (seconds - self.base) * BASE_DRIFT
+        if self.smoothed is None:
+            self.smoothed = seconds
+        else:
+            self.smoothed += (seconds - self.smoothed) * SMOOTHING
+        step = -SHRINK if self.queueing else GROW
+        self._window = min(float(self.cap), max(float(self.floor), self._window + step))
+
+
+class RedisWindowMemory:
+    """The last window of a Stripe mode and transport, in one Redis string."""
+
+    def __init__(self, connection: redis.Redis, key: str) -> None:
+        self.connection = connection
+        self.key = key
+
+    def load(self) -> float | None:
+        """The window kept, or None (none kept, unreadable, or Redis failing)."""
+        try:
+            raw = self.connection.get(self.key)
+            return None if raw is None else float(raw)
+        except (redis.RedisError, ValueError, TypeError):
+            return None  # a fresh start costs a few round trips, never a report
+
+    def save(self, size: float) -> None:
+        """Keep ``size``; a Redis failure only loses the hint."""
+        try:
+            self.connection.set(self.key, f"{size:.2f}", ex=MEMORY_TTL)
+        except redis.RedisError:
+            pass  # the next job starts from START: slower for a moment, nothing lost

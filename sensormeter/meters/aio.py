@@ -76,16 +76,22 @@ class _Connection(asyncio.Protocol):
         else:
             waiter.set_exception(_Dropped(answered=bool(self._buffer)))
 
-    async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes, bool]:
-        """Write one request and wait for its whole answer."""
+    async def exchange(
+        self, request: bytes, timeout: float
+    ) -> tuple[int, dict[str, str], bytes, bool]:
+        """Write one request and wait for its whole answer, at most ``timeout`` seconds."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter: asyncio.Future[tuple[int, dict[str, str], bytes, bool]] = loop.create_future()
+        self._waiter = waiter
+        # A timer on the waiter, not asyncio.wait_for: that wraps every request in a task.
+        timer = loop.call_later(timeout, _expire, waiter)
         self._buffer.clear()
         self.transport.write(request)
         try:
-            return await self._waiter
+            return await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     def close(self) -> None:
@@ -93,6 +99,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("timed out"))
 
 
 def _parse(buffer: bytearray, *, closed: bool) -> tuple[int, dict[str, str], bytes, bool] | None:
@@ -197,9 +208,7 @@ class AsyncKeepAliveClient(KeepAliveClient):
     ) -> tuple[str, int, Mapping[str, str]]:
         """Send one request on a kept-alive connection; failures become APIConnectionError."""
         try:
-            return await asyncio.wait_for(
-                self._request(method, url, headers, post_data), self._timeout
-            )
+            return await self._request(method, url, headers, post_data)
         except stripe.APIConnectionError:
             raise
         except Exception as exc:
@@ -223,9 +232,11 @@ class AsyncKeepAliveClient(KeepAliveClient):
                 connection = None if candidate.closed else candidate
             reused = connection is not None
             if connection is None:
-                connection = await self._connect(*key)
+                connection = await asyncio.wait_for(self._connect(*key), self._timeout)
             try:
-                status, answer_headers, content, keep_alive = await connection.exchange(request)
+                status, answer_headers, content, keep_alive = await connection.exchange(
+                    request, self._timeout
+                )
             except _Dropped as exc:
                 connection.close()
                 # A kept-alive connection the server had closed: a new one, once.

@@ -4,8 +4,8 @@ The requests in flight a sending rate needs are rate x latency (Little's law): 3
 events/s at 30 ms, 300 at 300 ms. A job knows neither the rate it may reach nor how many other
 jobs share it, so ``auto`` (the default) learns the number from what it measures:
 
-- while the smoothed latency stays under ``TOLERANCE`` times the lowest latency seen (the
-  network and Stripe alone), nothing queues: the window grows by one per answer, doubling
+- while the smoothed latency stays under ``TOLERANCE`` times the lowest latency seen in the
+  chunk (the network and Stripe alone), nothing queues: the window grows by one per answer, doubling
   every round trip, up to the cap;
 - above it, requests are queueing somewhere (this process's CPU, the server): the window
   shrinks by a quarter of a request per answer, about 25% per round trip, down to ``FLOOR``.
@@ -27,7 +27,6 @@ FLOOR = 2
 CAP = 128  # requests in flight per job at most (auto); 5 workers: 640, 2,100 events/s at 300 ms
 TOLERANCE = 2.0  # latency above this multiple of the lowest seen means requests queue
 SMOOTHING = 0.1  # weight of a new latency in the smoothed latency
-BASE_DRIFT = 0.001  # the lowest latency creeps up toward each sample: a fluke low is forgotten
 GROW = 1.0  # requests added per answer while nothing queues (doubling per round trip)
 SHRINK = 0.25  # requests removed per answer while requests queue (about -25% per round trip)
 MEMORY_TTL = 3600  # seconds Redis keeps the last window
@@ -79,14 +78,21 @@ class InFlight:
             return False
         return self.smoothed > TOLERANCE * self.base
 
+    def restart(self) -> None:
+        """Forget the latencies, keep the window: each chunk learns the path afresh.
+
+        A lowest latency kept forever would shrink the window to the floor for good once
+        the path got slower (a new region, a proxy); one that drifts up while requests queue
+        lets the window creep up without end. A chunk is short enough for neither.
+        """
+        self.base = self.smoothed = None
+
     def observe(self, seconds: float) -> None:
         """Take one request's latency (sending to answer) and adjust the window."""
         if self.fixed is not None or not math.isfinite(seconds) or seconds < 0:
             return
         if self.base is None or seconds < self.base:
             self.base = seconds
-        else:
-            self.base += (seconds - self.base) * BASE_DRIFT
         if self.smoothed is None:
             self.smoothed = seconds
         else:

@@ -121,6 +121,7 @@ class StripeMeterClient:
         if not events:
             return results
         loop = self._event_loop()
+        self.in_flight.restart()
         try:
             loop.run_until_complete(self._send_rounds(events, results))
         except BaseException:

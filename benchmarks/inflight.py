@@ -31,7 +31,10 @@ def run(
     command += ["--chunk-size", str(chunk), "--workers", str(args.workers)]
     command += [] if in_flight == "auto" else ["--max-in-flight", in_flight]
     command += [] if seed else ["--skip-seed"]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    out = done.stdout
     report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if report["ledger_sent"] != args.orgs or report["emulator_events"] != args.orgs:
         raise SystemExit(f"run lost or doubled events: {report}")

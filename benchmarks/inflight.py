@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 PIPELINE = str(Path(__file__).with_name("pipeline.py"))
-DEFAULT_GRID = {0.03: "4,8,16,32,auto", 0.3: "16,32,64,128,auto"}
+DEFAULT_GRID = {0.03: "4,8,16,32,64,auto", 0.3: "16,32,64,128,auto"}
 
 
 def run(

@@ -5,10 +5,13 @@ events/s at 30 ms, 300 at 300 ms. A job knows neither the rate it may reach nor 
 jobs share it, so ``auto`` (the default) learns the number from what it measures:
 
 - while the smoothed latency stays under ``TOLERANCE`` times the lowest latency seen in the
-  chunk (the network and Stripe alone), nothing queues: the window grows by one per answer, doubling
-  every round trip, up to the cap;
-- above it, requests are queueing somewhere (this process's CPU, the server): the window
-  shrinks by a quarter of a request per answer, about 25% per round trip, down to ``FLOOR``.
+  chunk (the network and Stripe alone), nothing queues: the window grows by one per answer,
+  doubling every round trip, up to the cap;
+- above it, requests are queueing somewhere (most often for this machine's CPU): the window
+  holds. It does not shrink: on a busy CPU a smaller window only adds event-loop work per
+  request and leaves the CPU the other workers and processes compete for just as busy
+  (docs/performance.md, "Requests in flight and latency": a rule that shrank to 2 lost half
+  the throughput at 30 ms on a loaded machine).
 
 How fast events go out is the rate limiter's business (ratelimit.py), not the window's: a 429
 does not shrink it. The window a job ends with is kept in Redis for the next job (each job is
@@ -28,7 +31,6 @@ CAP = 128  # requests in flight per job at most (auto); 5 workers: 640, 2,100 ev
 TOLERANCE = 2.0  # latency above this multiple of the lowest seen means requests queue
 SMOOTHING = 0.1  # weight of a new latency in the smoothed latency
 GROW = 1.0  # requests added per answer while nothing queues (doubling per round trip)
-SHRINK = 0.25  # requests removed per answer while requests queue (about -25% per round trip)
 MEMORY_TTL = 3600  # seconds Redis keeps the last window
 
 
@@ -97,8 +99,8 @@ class InFlight:
             self.smoothed = seconds
         else:
             self.smoothed += (seconds - self.smoothed) * SMOOTHING
-        step = -SHRINK if self.queueing else GROW
-        self._window = min(float(self.cap), max(float(self.floor), self._window + step))
+        if not self.queueing:
+            self._window = min(float(self.cap), self._window + GROW)
 
 
 class RedisWindowMemory:

@@ -40,10 +40,11 @@ def test_the_loop_and_its_connections_serve_several_chunks(emulator: StripeEmula
     """A second chunk in the same process reuses the loop; both are delivered once each."""
     client = StripeMeterClient(settings(emulator))
     first = client.send_many([event(i) for i in range(10)])
-    loop = client._loop
+    loop = client._event_loop()
     second = client.send_many([event(i) for i in range(10, 20)])
-    assert client._loop is loop
+    assert client._event_loop() is loop
     assert {r.outcome for r in first + second} == {Outcome.DELIVERED}
+    assert all((r.request_id or "").startswith("req_") for r in first + second)
     assert sorted(e.identifier for e in emulator.events()) == sorted(f"loop-{i}" for i in range(20))
     client.close()
 
@@ -52,10 +53,10 @@ def test_after_a_fork_the_child_makes_its_own_loop(emulator: StripeEmulator) -> 
     """The parent's loop (and its sockets) is never used from another process."""
     client = StripeMeterClient(settings(emulator))
     client.send_many([event(1)])
-    parent = client._loop
-    client._loop_pid = -1  # as seen from a forked work-horse
+    parent = client._event_loop()
+    client._local.pid = -1  # as seen from a forked work-horse
     assert [r.outcome for r in client.send_many([event(2)])] == [Outcome.DELIVERED]
-    assert client._loop is not parent
+    assert client._event_loop() is not parent
     assert parent is not None and not parent.is_closed()  # the parent's, left alone
     client.close()
 
@@ -89,4 +90,23 @@ def test_an_interruption_propagates_and_the_next_chunk_starts_clean(
     assert {r.outcome for r in client.send_many([event(i) for i in range(6, 9)])} == {
         Outcome.DELIVERED
     }
+    client.close()
+
+
+def test_called_from_a_running_event_loop_or_threads(emulator: StripeEmulator) -> None:
+    """A host app may call it from its own asyncio code, or from several threads at once."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = StripeMeterClient(settings(emulator))
+
+    async def host() -> list[Outcome]:
+        return [r.outcome for r in client.send_many([event(100), event(101)])]
+
+    assert asyncio.run(host()) == [Outcome.DELIVERED] * 2
+    with ThreadPoolExecutor(3) as pool:
+        chunks = [[event(200 + 10 * t + i) for i in range(5)] for t in range(3)]
+        answers = list(pool.map(client.send_many, chunks))
+    assert {r.outcome for chunk in answers for r in chunk} == {Outcome.DELIVERED}
+    assert len(emulator.events()) == 17
     client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,8 +53,8 @@ class StripeMeterClient:
         self.limiter = limiter or NoRateLimit()
         self.memory = memory
         self._clock = clock
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_pid = 0
+        # One loop per thread and process: a host app may share the client between threads.
+        self._local = threading.local()
         self.in_flight = self._window()
 
     def _window(self) -> InFlight:
@@ -120,6 +121,10 @@ class StripeMeterClient:
         results: list[SendResult] = [_NOT_SENT] * len(events)
         if not events:
             return results
+        if _loop_running():
+            # Called from a host app's own event loop: ours runs in a thread beside it.
+            with ThreadPoolExecutor(1, thread_name_prefix="meter-v1") as pool:
+                return pool.submit(self.send_many, events).result()
         loop = self._event_loop()
         self.in_flight.restart()
         try:
@@ -140,14 +145,16 @@ class StripeMeterClient:
             await run_window(positions, send, self.in_flight)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
-        """This process's loop, made on first use (and again after a fork: never shared)."""
-        if self._loop is None or self._loop_pid != os.getpid() or self._loop.is_closed():
-            self._loop, self._loop_pid = asyncio.new_event_loop(), os.getpid()
-        return self._loop
+        """This thread's loop, made on first use (and again after a fork: never shared)."""
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        if loop is None or self._local.pid != os.getpid() or loop.is_closed():
+            loop = self._local.loop = asyncio.new_event_loop()
+            self._local.pid = os.getpid()
+        return loop
 
     def _abandon(self, loop: asyncio.AbstractEventLoop) -> None:
         """After an interruption: cancel what is left and start afresh next time."""
-        self._loop = None
+        self._local.loop = None
         try:
             tasks = asyncio.all_tasks(loop)
             for task in tasks:
@@ -160,8 +167,9 @@ class StripeMeterClient:
 
     def close(self) -> None:
         """Close the event loop and its connections."""
-        loop, self._loop = self._loop, None
-        if loop is not None and self._loop_pid == os.getpid() and not loop.is_closed():
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        self._local.loop = None
+        if loop is not None and self._local.pid == os.getpid() and not loop.is_closed():
             if isinstance(self.http, AsyncKeepAliveClient):
                 loop.run_until_complete(self.http.close_async())
             loop.close()
@@ -188,6 +196,14 @@ class _Threads:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def run_window(

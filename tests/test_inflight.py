@@ -62,6 +62,18 @@ class TestAuto:
         feed(window, 0.03, 200)  # the queue drained
         assert not window.queueing and window.size > held
 
+    def test_a_429_stops_the_growth_for_the_rest_of_the_chunk(self) -> None:
+        """More in flight than the rate lets through: hold there; the next chunk may grow."""
+        window = InFlight(start=40)
+        feed(window, 0.3, 10)
+        window.throttle()
+        held = window.size
+        feed(window, 0.3, 200)
+        assert window.size == held == 50
+        window.restart()
+        feed(window, 0.3, 10)
+        assert window.size == held + 10
+
     @pytest.mark.parametrize("capacity", [6, 40])
     def test_settles_near_what_the_path_can_take(self, capacity: int) -> None:
         """Against a path that serves ``capacity`` requests at once at 30 ms (beyond that they

@@ -13,9 +13,12 @@ jobs share it, so ``auto`` (the default) learns the number from what it measures
   (docs/performance.md, "Requests in flight and latency": a rule that shrank to 2 lost half
   the throughput at 30 ms on a loaded machine).
 
-How fast events go out is the rate limiter's business (ratelimit.py), not the window's: a 429
-does not shrink it. The window a job ends with is kept in Redis for the next job (each job is
-a fresh work-horse process), so a job starts where the last one left off, not from scratch.
+How fast events go out is the rate limiter's business (ratelimit.py), not the window's; but a
+429 says the window already holds more than the rate lets through, so it stops growing for
+the rest of the chunk (it does not shrink: the limiter paces what is sent).
+
+The window a job ends with is kept in Redis for the next job (each job is a fresh work-horse
+process), so a job starts where the last one left off, not from scratch.
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ class InFlight:
         self.fixed = fixed
         self.floor, self.cap = floor, cap
         self._window = float(fixed or min(cap, max(floor, start or START)))
-        self.base: float | None = None  # the lowest latency seen (drifting up slowly)
+        self.base: float | None = None  # the lowest latency seen in this chunk
         self.smoothed: float | None = None
+        self.throttled = False  # a 429 in this chunk: no more growth until the next
 
     @property
     def size(self) -> int:
@@ -88,6 +92,11 @@ class InFlight:
         lets the window creep up without end. A chunk is short enough for neither.
         """
         self.base = self.smoothed = None
+        self.throttled = False
+
+    def throttle(self) -> None:
+        """Stripe answered a 429: the window stops growing for the rest of the chunk."""
+        self.throttled = True
 
     def observe(self, seconds: float) -> None:
         """Take one request's latency (sending to answer) and adjust the window."""
@@ -99,7 +108,7 @@ class InFlight:
             self.smoothed = seconds
         else:
             self.smoothed += (seconds - self.smoothed) * SMOOTHING
-        if not self.queueing:
+        if not self.queueing and not self.throttled:
             self._window = min(float(self.cap), self._window + GROW)
 
 

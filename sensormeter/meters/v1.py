@@ -96,7 +96,9 @@ class StripeMeterClient:
             result = classify_error(exc)
         else:
             result = SendResult(Outcome.DELIVERED, request_id=response.request_id)
-        if result.http_status is not None or result.outcome.delivered:
+        if result.http_status == 429:
+            self.in_flight.throttle()
+        elif result.http_status is not None or result.outcome.delivered:
             # Only answers measure the path; a timeout or a refused header says nothing.
             self.in_flight.observe(self._clock() - started)
         return result

@@ -42,6 +42,7 @@ class TestAuto:
         assert InFlight(start=60.7).size == 60
         assert InFlight(start=10_000).size == CAP
         assert InFlight(start=0.5).size == FLOOR
+        assert InFlight(start=20, base=0.03).base == 0.03
 
     def test_steady_latency_doubles_the_window_each_round_trip_up_to_the_cap(self) -> None:
         """Nothing queues (300 ms every time): one more per answer, so x2 per round, then CAP."""
@@ -84,13 +85,22 @@ class TestAuto:
             window.observe(0.03 * max(1.0, window.size / capacity))
         assert capacity <= window.size <= TOLERANCE * capacity + 2 / SMOOTHING
 
-    def test_each_chunk_learns_the_path_afresh(self) -> None:
-        """After a restart a slower path is the new normal: the window does not collapse."""
+    def test_the_lowest_latency_is_kept_across_chunks_and_creeps_up(self) -> None:
+        """A chunk does not take its queued first answers for the path's latency (the window
+        would creep to the cap job after job); a path slower for good resumes growth later."""
         window = InFlight(start=32)
-        feed(window, 0.03, 50)
-        window.restart()
-        feed(window, 0.3, 50)  # ten times slower, yet nothing queues on it
-        assert window.size > 32
+        feed(window, 0.03, 20)
+        held = window.size
+        for _ in range(5):  # later chunks start queued: they hold, they do not grow
+            window.restart()
+            feed(window, 0.09, 40)
+        assert window.size == held
+        chunks = 0
+        while window.size == held and chunks < 500:  # 10x slower for good
+            window.restart()
+            feed(window, 0.3, 5)
+            chunks += 1
+        assert window.size > held and 20 < chunks < 200
 
     def test_nonsense_latencies_are_ignored(self) -> None:
         """A negative or infinite measurement (a clock jump) changes nothing."""
@@ -115,15 +125,17 @@ class TestMemory:
         """The next job reads the window the last one saved."""
         memory = RedisWindowMemory(redis_conn, "sensormeter:test:inflight")
         assert memory.load() is None
-        memory.save(42.5)
-        assert memory.load() == 42.5
-        assert 0 < redis_conn.ttl("sensormeter:test:inflight") <= 3600
+        memory.save(42.5, 0.0312)
+        assert memory.load() == (42.5, 0.0312)
+        memory.save(16, None)
+        assert memory.load() == (16, None)
+        assert 0 < redis_conn.ttl("sensormeter:test:inflight") <= 86400
 
     def test_redis_failing_costs_only_the_hint(self) -> None:
         """An unreachable Redis: load says None, save says nothing; no report is touched."""
         memory = RedisWindowMemory(RedisDown(), "k")  # type: ignore[arg-type]
         assert memory.load() is None
-        memory.save(3.0)
+        memory.save(3.0, 0.03)
 
 
 class TestRunWindow:

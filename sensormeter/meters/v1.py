@@ -61,7 +61,8 @@ class StripeMeterClient:
         """A fixed window, or an adaptive one starting where the last job's ended."""
         if self.max_in_flight:
             return InFlight(self.max_in_flight)
-        return InFlight(start=self.memory.load() if self.memory is not None else None)
+        kept = self.memory.load() if self.memory is not None else None
+        return InFlight() if kept is None else InFlight(start=kept[0], base=kept[1])
 
     def _params(self, event: MeterEvent) -> dict[str, object]:
         return {
@@ -135,7 +136,7 @@ class StripeMeterClient:
             self._abandon(loop)
             raise
         if self.memory is not None and not self.max_in_flight:
-            self.memory.save(self.in_flight.window)
+            self.memory.save(self.in_flight.window, self.in_flight.base)
         return results
 
     async def _send_rounds(self, events: Sequence[MeterEvent], results: list[SendResult]) -> None:

@@ -80,6 +80,11 @@ class LimiterKeys:
         """String: the GCRA's theoretical arrival time (Redis clock, milliseconds)."""
         return f"{KEY_PREFIX}:{self.scope}:tat"
 
+    @property
+    def in_flight(self) -> str:
+        """String: the last report job's in-flight window (meters/inflight.py), for the next."""
+        return f"{KEY_PREFIX}:{self.scope}:inflight"
+
     def accepted(self, bucket: int) -> str:
         """Counter: events Stripe answered (without a 429) in one BUCKET_SECONDS bucket."""
         return f"{KEY_PREFIX}:{self.scope}:accepted:{bucket}"

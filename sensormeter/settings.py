@@ -98,7 +98,9 @@ class Settings:
     # A running job's time to finish after SIGTERM: honcho kills at 5 s, Heroku at 30 s.
     shutdown_grace_seconds: int = 2
     transport: str = "v1"
-    max_in_flight: int = 8
+    # Stripe requests in flight per report job; 0 is auto: v1 follows the measured latency
+    # (sensormeter/meters/inflight.py), v2 keeps V2_IN_FLIGHT batches.
+    max_in_flight: int = 0
     rate_limit: float | None = None
     log_level: str = "INFO"
     log_format: str | None = None  # json or console; None: console on a terminal, else JSON
@@ -229,6 +231,10 @@ def _integer(raw: str) -> int:
     return int(raw)
 
 
+def _in_flight(raw: str) -> int:
+    return 0 if raw.strip().lower() == "auto" else _integer(raw)
+
+
 def _number(raw: str) -> float:
     value = float(raw) if ASCII_NUMBER.fullmatch(raw) else math.nan
     if not math.isfinite(value):
@@ -273,7 +279,7 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "SENSORMETER_JOB_TIMEOUT_SECONDS": ("job_timeout_seconds", _integer),
     "SENSORMETER_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _integer),
     "SENSORMETER_TRANSPORT": ("transport", _text),
-    "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _integer),
+    "SENSORMETER_MAX_IN_FLIGHT": ("max_in_flight", _in_flight),
     "SENSORMETER_RATE_LIMIT": ("rate_limit", _number),
     "SENSORMETER_LOG_LEVEL": ("log_level", str.upper),
     "SENSORMETER_LOG_FORMAT": ("log_format", str.lower),
@@ -354,8 +360,8 @@ def _validate(s: Settings) -> None:
             "transport",
             f"{shown(s.transport)} must be v1 (meter events) or v2 (meter event stream)",
         )
-    if not 1 <= s.max_in_flight <= 256:
-        fail("max_in_flight", f"{s.max_in_flight} is out of range (1 to 256)")
+    if not 0 <= s.max_in_flight <= 256:
+        fail("max_in_flight", f"{s.max_in_flight} is out of range (auto or 0, or 1 to 256)")
     if s.rate_limit is not None and not 0 <= s.rate_limit <= 1_000_000:
         fail("rate_limit", f"{s.rate_limit} is out of range (0 to 1000000 events/s; 0 = off)")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

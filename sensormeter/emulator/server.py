@@ -37,6 +37,16 @@ def _mask(key: str) -> str:
     return key[:8] + "*" * (len(key) - 12) + key[-4:] if len(key) >= 12 else "*" * len(key)
 
 
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, with Stripe's appetite for new connections.
+
+    socketserver's listen backlog of 5 drops the connections a client opens at once beyond
+    it, which then wait a second for the SYN to be resent: latency Stripe never shows.
+    """
+
+    request_queue_size = 256
+
+
 class StripeEmulator:
     """A loopback HTTP server that answers stripe-python's Billing Meter calls like Stripe."""
 
@@ -72,7 +82,7 @@ class StripeEmulator:
             raise RuntimeError("the emulator is already running")
         self._stopping.clear()
         handler = type("_BoundHandler", (RequestHandler,), {"emulator": self})
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server = _Server((self.host, self.port), handler)
         # A request parked in injected latency must never keep the process or stop() waiting.
         self._server.daemon_threads = True
         # A short poll interval keeps stop() (which waits for the next poll) fast in tests.

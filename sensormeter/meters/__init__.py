@@ -7,6 +7,7 @@ import redis
 from ..keys import LimiterKeys
 from ..settings import Settings
 from .base import MeterClient
+from .inflight import RedisWindowMemory
 from .limiter_store import RedisLimiterStore
 from .memory import InMemoryMeterClient
 from .ratelimit import AdaptiveRateLimiter, RateLimiter
@@ -31,7 +32,10 @@ def make_meter_client(settings: Settings, connection: redis.Redis) -> MeterClien
     limiter = make_rate_limiter(settings, connection)
     if settings.transport == "v2":
         return StripeStreamClient(settings, limiter)
-    return StripeMeterClient(settings, limiter)
+    keys = LimiterKeys(f"{settings.stripe_mode}:{settings.transport}")
+    return StripeMeterClient(
+        settings, limiter, memory=RedisWindowMemory(connection, keys.in_flight)
+    )
 
 
 __all__ = [

@@ -15,6 +15,7 @@ import stripe
 
 from ..errors import ConfigurationError
 from ..settings import STRIPE_BASES, Settings
+from .aio import AsyncKeepAliveClient
 from .http import KeepAliveClient
 
 DUPLICATE_MESSAGE_PREFIX = "An event already exists with identifier"
@@ -159,7 +160,9 @@ def is_stripe_host(base: str | None) -> bool:
     return base is None or base.rstrip("/") in STRIPE_BASES
 
 
-def make_stripe_client(settings: Settings) -> stripe.StripeClient:
+def make_stripe_client(
+    settings: Settings, http_client: stripe.HTTPClient | None = None
+) -> stripe.StripeClient:
     """A StripeClient for the settings; refuses a live key aimed anywhere but Stripe."""
     key = settings.require_stripe_key()
     if "_live_" in key and not is_stripe_host(settings.stripe_api_base):
@@ -173,14 +176,17 @@ def make_stripe_client(settings: Settings) -> stripe.StripeClient:
         base_addresses={"api": base, "meter_events": base} if base else None,
         # Retries happen in one place, the RQ job, so a retried attempt is counted and logged.
         max_network_retries=0,
-        http_client=_http_client(settings),
+        http_client=http_client or make_http_client(settings),
     )
 
 
-def _http_client(settings: Settings) -> stripe.HTTPClient:
+def make_http_client(settings: Settings, *, asynchronous: bool = False) -> stripe.HTTPClient:
+    """The HTTP client under stripe-python: kept-alive http.client, or asyncio for v1's loop."""
     if settings.https_proxy:
         # Through a proxy, stripe-python's requests-based client (it speaks CONNECT).
         return stripe.RequestsClient(
             timeout=settings.stripe_timeout_seconds, proxy=settings.https_proxy
         )
+    if asynchronous:
+        return AsyncKeepAliveClient(settings.stripe_timeout_seconds)
     return KeepAliveClient(settings.stripe_timeout_seconds)

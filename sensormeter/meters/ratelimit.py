@@ -22,10 +22,11 @@ hosts agree to well within its 0.1-second buckets).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -175,22 +176,30 @@ class AdaptiveRateLimiter:
 
     def acquire(self, count: int = 1) -> None:
         """Wait for room for ``count`` events; with no limit in force, return at once."""
-        while True:
-            now = self._clock()
-            if now - self._synced_at >= REFRESH_SECONDS:
-                with self._lock:
-                    if now - self._synced_at >= REFRESH_SECONDS:  # not just done by a peer
-                        self._sync(now)
-            rate = self.rate
-            if rate is None:
-                return
-            wait = self.store.admit(rate, count)
-            if wait <= 0:
-                return
-            # Not booked yet: wake up at least every MAX_SLEEP to see a rate that has grown.
-            wait = min(wait, MAX_SLEEP)
-            self.waited += wait
+        while (wait := self.reserve(count)) > 0:
             self._sleep(wait)
+
+    def reserve(self, count: int = 1) -> float:
+        """Book ``count`` events and return 0, or return the seconds to wait before asking again.
+
+        The non-blocking half of :meth:`acquire`, for a caller that waits its own way (the
+        v1 transport's event loop).
+        """
+        now = self._clock()
+        if now - self._synced_at >= REFRESH_SECONDS:
+            with self._lock:
+                if now - self._synced_at >= REFRESH_SECONDS:  # not just done by a peer
+                    self._sync(now)
+        rate = self.rate
+        if rate is None:
+            return 0.0
+        wait = self.store.admit(rate, count)
+        if wait <= 0:
+            return 0.0
+        # Not booked yet: wake up at least every MAX_SLEEP to see a rate that has grown.
+        wait = min(wait, MAX_SLEEP)
+        self.waited += wait
+        return wait
 
     def accepted(self, count: int = 1) -> None:
         """Count events Stripe answered; they reach Redis at the next refresh."""
@@ -272,6 +281,44 @@ class AdaptiveRateLimiter:
         )
 
 
+def throttle_pause(tried: int) -> float:
+    """Seconds before the ``tried``-th retry of a 429'd request (doubling, jittered)."""
+    return float(THROTTLE_PAUSE * 2 ** (tried - 1) * random.uniform(0.5, 1.0))
+
+
+async def send_limited_async(
+    limiter: RateLimiter,
+    count: int,
+    attempt: Callable[[], Awaitable[Sequence[SendResult]]],
+) -> list[SendResult]:
+    """:func:`send_limited` for an event loop: the waits are ``asyncio.sleep``.
+
+    A limiter with ``reserve`` (the shared one) is asked without blocking the loop; any other
+    is asked with ``acquire``, which must then not wait (the in-memory twins).
+    """
+    results: list[SendResult] = []
+    for tried in range(THROTTLE_RETRIES + 1):
+        if tried:
+            await asyncio.sleep(throttle_pause(tried))
+        try:
+            reserve = getattr(limiter, "reserve", None)
+            if reserve is None:
+                limiter.acquire(count)
+            else:
+                while (wait := reserve(count)) > 0:
+                    await asyncio.sleep(wait)
+        except Exception as exc:  # noqa: BLE001 (contained: becomes the events' outcome)
+            return [classify_error(exc)] * count
+        results = list(await attempt())
+        if not any(r.http_status == 429 for r in results):
+            limiter.accepted(sum(1 for r in results if r.outcome.delivered or r.http_status))
+            return results
+        # A decrease waits for the workers' counts to settle: off the loop, so the other
+        # requests in flight go on meanwhile.
+        await asyncio.to_thread(limiter.throttled)
+    return results
+
+
 def send_limited(
     limiter: RateLimiter,
     count: int,
@@ -288,7 +335,7 @@ def send_limited(
     results: list[SendResult] = []
     for tried in range(THROTTLE_RETRIES + 1):
         if tried:
-            sleep(THROTTLE_PAUSE * 2 ** (tried - 1) * random.uniform(0.5, 1.0))
+            sleep(throttle_pause(tried))
         try:
             limiter.acquire(count)
         except Exception as exc:  # noqa: BLE001 (contained: becomes the events' outcome)

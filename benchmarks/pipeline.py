@@ -312,6 +312,7 @@ def main() -> None:
             ledger_sent=sent,
             emulator_events=emulator_stats(base)["events"],
             fanout_db_seconds=fanout["db_seconds"],
+            fanout_history_seconds=fanout.get("history_seconds"),
             chunk_jobs=len(chunks),
             chunk_db_seconds_total=round(sum(r["db_seconds"] for r in chunks), 1),
             chunk_send_seconds_total=round(sum(r["send_seconds"] for r in chunks), 1),

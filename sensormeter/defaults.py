@@ -27,4 +27,7 @@ RESULT_TTL_SECONDS = 3600  # how long RQ keeps a finished job's result
 COALESCE_SECONDS = 3600  # how long a queued on-demand report absorbs further calls
 ENQUEUE_BATCH = 200  # prepared jobs per Redis pipeline when queueing many
 CATCHUP_TIMEOUT_SECONDS = 3600  # the catch-up scans the fleet's ledger over its window
+# The fan-out pages and records the whole fleet in one job: 219 s at 1,000,000 organizations
+# on the first recording (docs/performance.md), so the jobs' 300 s would cut a larger fleet.
+FANOUT_TIMEOUT_SECONDS = 3600
 STALE_MARGIN_SECONDS = 300  # beyond a job's whole lifetime, a pending row is abandoned

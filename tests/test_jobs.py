@@ -196,6 +196,21 @@ class TestSchedule:
         assert jobs[0].func_name == "sensormeter.tasks.fanout.report_all_sensor_counts"
         assert jobs[0].origin == TEST_QUEUE
 
+    def test_fan_outs_get_an_hour_however_short_the_report_jobs_timeout(
+        self, redis_conn: redis.Redis, runtime: Runtime
+    ) -> None:
+        """One fan-out job pages the whole fleet: it is not cut at the report jobs' 300 s."""
+        from sensormeter.defaults import FANOUT_TIMEOUT_SECONDS
+        from sensormeter.tasks.fanout import enqueue_fanout
+
+        assert runtime.settings.job_timeout_seconds < FANOUT_TIMEOUT_SECONDS == 3600
+        register_hourly_job(make_scheduler(TEST_QUEUE, redis_conn), TEST_QUEUE)
+        scheduled = list(Scheduler(connection=redis_conn, job_class=JSONJob).get_jobs())
+        assert [j.timeout for j in scheduled] == [FANOUT_TIMEOUT_SECONDS]
+        job_id = enqueue_fanout(runtime.settings, redis_conn)
+        queued = make_queue(runtime.settings, redis_conn).fetch_job(job_id)
+        assert queued is not None and queued.timeout == FANOUT_TIMEOUT_SECONDS
+
 
 def test_malformed_id_in_a_chunk_spares_the_others(
     runtime: Runtime, emulator: StripeEmulator

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from ..defaults import ENQUEUE_BATCH
+from ..defaults import ENQUEUE_BATCH, FANOUT_TIMEOUT_SECONDS
 from ..hours import check_reportable_hour, format_hour, hour_start, parse_hour
 from ..ledger import history
 from ..logs import get_logger
@@ -134,11 +134,14 @@ def enqueue_fanout(settings: Settings, connection: redis.Redis, hour: str | None
     """Queue the hourly fan-out now (what ``sensormeter report-all`` does); returns the job id."""
     if hour is not None:
         check_reportable_hour(hour, utcnow())
+    options = job_options(settings)
+    # One job pages and records the whole fleet (see FANOUT_TIMEOUT_SECONDS).
+    options["job_timeout"] = max(settings.job_timeout_seconds, FANOUT_TIMEOUT_SECONDS)
     job = make_queue(settings, connection).enqueue(
         report_all_sensor_counts,
         hour=hour,
         job_id=f"fanout-{uuid.uuid4().hex}",
         description="report all sensor counts",
-        **job_options(settings),
+        **options,
     )
     return str(job.id)

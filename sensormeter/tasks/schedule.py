@@ -13,6 +13,7 @@ import redis
 from rq.job import Job
 from rq_scheduler import Scheduler
 
+from ..defaults import FANOUT_TIMEOUT_SECONDS
 from ..ledger.retention import RUN_SECONDS
 from ..logs import get_logger
 from ..settings import Settings
@@ -172,6 +173,7 @@ def register_hourly_job(scheduler: Scheduler, queue_name: str | None = None) -> 
         report_all_sensor_counts,
         queue_name,
         "hourly: report all sensor counts",
+        timeout=FANOUT_TIMEOUT_SECONDS,
     )
     # rq-scheduler computes the first run from the LOCAL clock; with TZ=Asia/Kolkata that is
     # minute 30 UTC. Put the first run at the next top of the hour in UTC ourselves; later runs
